@@ -1,0 +1,1 @@
+"""BIDS rules (from the BIDS schema via bidsschematools), paths, tables and sidecars."""

@@ -1,0 +1,92 @@
+"""Content of BIDS metadata files: dataset_description.json, sidecars, tables.
+
+Sources: BIDS specification 1.11.1, "Modality agnostic files" (dataset_description,
+participants, samples), "Microscopy" (sidecar PixelSize / PixelSizeUnits, samples.tsv),
+"Derivatives: common data types" (derivative dataset_description: GeneratedBy,
+SourceDatasets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bidspack import __version__
+from bidspack.bids.schema import BIDS_VERSION
+from bidspack.bids.tables import json_text, tsv_text
+
+GENERATED_BY = {
+    "Name": "bidspack",
+    "Version": __version__,
+    "CodeURL": "https://pypi.org/project/bidspack/",
+}
+
+
+def dataset_description(fields: Mapping[str, Any]) -> str:
+    """Raw dataset_description.json text: spec fields plus BIDSVersion, DatasetType,
+    GeneratedBy (bidspack with its version). ``README`` is not a field and is dropped."""
+    out: dict[str, Any] = {"Name": fields["Name"], "BIDSVersion": BIDS_VERSION, "DatasetType": "raw"}
+    for key, value in fields.items():
+        if key not in ("Name", "README"):
+            out[key] = value
+    out["GeneratedBy"] = [dict(GENERATED_BY)]
+    return json_text(out)
+
+
+def derivative_description(
+    pipeline: str, *, name: str, generated_by: Sequence[Mapping[str, Any]] | None = None
+) -> str:
+    """dataset_description.json of ``derivatives/<pipeline>/`` (DatasetType derivative).
+
+    ``GeneratedBy`` names the pipeline that made the files (the lab's, as declared in
+    the spec) followed by bidspack, which packaged them; ``SourceDatasets`` points to
+    the raw dataset two levels up (``DatasetLinks`` ``raw`` -> ``../../``, cited as the
+    BIDS URI ``bids:raw:``).
+    """
+    gen = list(generated_by or [{"Name": pipeline, "Description": "Submitted by the lab"}])
+    gen.append(dict(GENERATED_BY))
+    out = {
+        "Name": f"{name} - {pipeline}",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": gen,
+        "SourceDatasets": [{"URL": "bids:raw:"}],
+        "DatasetLinks": {"raw": "../../"},
+    }
+    return json_text(out)
+
+
+def micr_sidecar(
+    voxel_size_zyx_um: tuple[float, float, float], *extra: Mapping[str, Any]
+) -> str:
+    """Microscopy JSON sidecar: ``PixelSize`` ``[x, y, z]`` in ``um`` plus *extra* fields
+    (later mappings win). BIDS orders PixelSize X, Y, Z."""
+    z, y, x = voxel_size_zyx_um
+    out: dict[str, Any] = {"PixelSize": [_num(x), _num(y), _num(z)], "PixelSizeUnits": "um"}
+    for fields in extra:
+        out.update(fields)
+    return json_text(out)
+
+
+def _num(v: float) -> float | int:
+    return int(v) if float(v).is_integer() else float(v)
+
+
+def table_files(
+    id_columns: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    extra_columns: Mapping[str, Mapping[str, Any]],
+) -> tuple[str, str]:
+    """(TSV text, JSON data dictionary text) of participants.tsv or samples.tsv.
+
+    Args:
+        id_columns: leading columns, e.g. ``("participant_id",)``.
+        rows: one mapping per row, sorted by the caller.
+        extra_columns: column name -> BIDS column description (``Description``,
+            ``Levels``, ``Units``) for every further column, in order.
+    """
+    cols = [*id_columns, *extra_columns]
+    data = {name: dict(meta) for name, meta in extra_columns.items()}
+    for name, meta in data.items():
+        meta.setdefault("Description", name)
+    return tsv_text(cols, rows), json_text(data)

@@ -1,0 +1,29 @@
+"""The ``bidspack`` command group."""
+
+from __future__ import annotations
+
+import click
+
+from bidspack import __version__
+from bidspack.cli.cmd_demo import demo_cmd
+from bidspack.cli.cmd_package import package_cmd
+from bidspack.cli.cmd_validate import validate_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bidspack")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of clean error messages.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """bidspack: turn microscopy submissions into validated BIDS microscopy datasets."""
+    ctx.obj = {"debug": debug}
+
+
+cli.add_command(package_cmd)
+cli.add_command(validate_cmd)
+cli.add_command(demo_cmd)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="bidspack")

@@ -1,0 +1,331 @@
+"""Image sources: a slice folder or a multi-page (OME-)TIFF, read lazily as ``(z, y, x)``.
+
+A *slice folder* holds one 2D TIFF per Z plane. The Z index of a file is the last run
+of digits in its name, parsed as an integer, so ``Z990.tif``, ``Z0990.tif`` and
+``Z00990.tif`` all have index 990 (zero padding is irrelevant). A valid folder has
+exactly one file per index, consecutive indices (no gaps), and one shape and dtype
+for all files. A *stack file* is a multi-page TIFF or OME-TIFF whose first series has
+axes ``ZYX`` (or ``IYX``/``QYX``, read as Z), or ``YX`` for a single plane.
+
+Physical sizes are micrometres, ordered ``(z, y, x)``. Slice TIFFs rarely carry them;
+OME-TIFF inputs do (read from their OME-XML with ome-types).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from bidspack.errors import SourceError
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+_INDEX = re.compile(r"(\d+)(?!.*\d)")
+
+#: Units accepted for physical sizes and their factor to micrometres.
+UNIT_TO_UM = {
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "nm": 1e-3,
+    "mm": 1e3,
+    "m": 1e6,
+    "cm": 1e4,
+    "Å": 1e-4,
+    "pm": 1e-6,
+}
+
+
+def is_tiff(path: Path) -> bool:
+    """True if *path* has a TIFF file suffix (case-insensitive)."""
+    return path.suffix.lower() in TIFF_SUFFIXES
+
+
+def slice_index(name: str) -> int | None:
+    """The Z index of a slice file name: its last run of digits, as an integer.
+
+    >>> slice_index("Z00990.tif"), slice_index("image_0012.ome.tif"), slice_index("a.tif")
+    (990, 12, None)
+    """
+    stem = name
+    for suffix in (".ome.tiff", ".ome.tif", *TIFF_SUFFIXES):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    match = _INDEX.search(stem)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Shape and metadata of a source, known without decoding pixels.
+
+    Attributes:
+        shape: ``(z, y, x)`` in pixels.
+        dtype: NumPy dtype of the pixels.
+        physical_size: ``(z, y, x)`` micrometres per voxel, or ``None`` if the files
+            carry none (or only some axes).
+    """
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    physical_size: tuple[float, float, float] | None
+
+
+class ImageSource(ABC):
+    """A 3D grayscale image, ``(z, y, x)``, read plane by plane.
+
+    Attributes:
+        path: the folder (slice folder) or file (stack file) as found.
+        files: every file that makes up the image, in Z order for slice folders.
+        info: shape, dtype and physical size.
+    """
+
+    path: Path
+    files: tuple[Path, ...]
+    info: StackInfo
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(z, y, x)`` in pixels."""
+        return self.info.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Pixel dtype."""
+        return self.info.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed size in bytes."""
+        z, y, x = self.shape
+        return z * y * x * self.dtype.itemsize
+
+    @abstractmethod
+    def read_plane(self, z: int) -> np.ndarray:
+        """Decode plane *z* as a ``(y, x)`` array.
+
+        Raises:
+            SourceError: the file is unreadable or the plane has the wrong shape/dtype.
+        """
+
+    def iter_planes(self, *, prefetch: int = 4, workers: int = 2) -> Iterator[np.ndarray]:
+        """Yield the ``(y, x)`` planes in Z order, decoding up to *prefetch* ahead.
+
+        Memory is bounded by ``prefetch`` planes, whatever the stack depth.
+        """
+        nz = self.shape[0]
+        if prefetch <= 1 or nz <= 1:
+            for z in range(nz):
+                yield self.read_plane(z)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            window: deque[Future[np.ndarray]] = deque()
+            nxt = 0
+            while nxt < nz and len(window) < prefetch:
+                window.append(pool.submit(self.read_plane, nxt))
+                nxt += 1
+            while window:
+                plane = window.popleft().result()
+                if nxt < nz:
+                    window.append(pool.submit(self.read_plane, nxt))
+                    nxt += 1
+                yield plane
+
+    def _check_plane(self, plane: np.ndarray, path: Path) -> np.ndarray:
+        _, y, x = self.shape
+        if plane.shape != (y, x) or plane.dtype != self.dtype:
+            raise SourceError(
+                path,
+                f"decoded plane has shape {plane.shape} and dtype {plane.dtype}, "
+                f"expected {(y, x)} and {self.dtype}",
+            )
+        return plane
+
+
+def _tiff_header(path: Path) -> tuple[tuple[int, ...], str, np.dtype, int]:
+    """(shape, axes, dtype, page count) of the first series of a TIFF, without decoding."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return tuple(series.shape), series.axes, np.dtype(series.dtype), len(tif.pages)
+    except Exception as exc:  # tifffile raises many types for malformed files
+        raise SourceError(path, f"not a readable TIFF file ({exc})") from exc
+
+
+class SliceFolder(ImageSource):
+    """A folder of 2D TIFF slices, one per Z index (see module docstring for the rules).
+
+    Args:
+        path: the folder.
+        files: the slice files; if ``None``, every TIFF in *path* (non-recursive).
+
+    Raises:
+        SourceError: no slices, a name without an index, two files with one index,
+            gaps between indices, a slice that is not 2D, mixed shapes or dtypes,
+            unreadable files. The message names the files concerned.
+    """
+
+    def __init__(self, path: Path, files: list[Path] | None = None):
+        self.path = Path(path)
+        if files is None:
+            files = [p for p in self.path.iterdir() if p.is_file() and is_tiff(p)]
+        if not files:
+            raise SourceError(self.path, "no TIFF slices found")
+        by_index: dict[int, Path] = {}
+        for f in sorted(files):
+            idx = slice_index(f.name)
+            if idx is None:
+                raise SourceError(f, "slice file name has no Z index (no digits in the name)")
+            if idx in by_index:
+                raise SourceError(
+                    self.path,
+                    f"two files have Z index {idx}: {by_index[idx].name} and {f.name}",
+                    hint="slice names may differ only in zero padding; keep one",
+                )
+            by_index[idx] = f
+        indices = sorted(by_index)
+        missing = sorted(set(range(indices[0], indices[-1] + 1)) - set(indices))
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+            raise SourceError(
+                self.path,
+                f"gap in slice indices: {len(missing)} missing between {indices[0]} and "
+                f"{indices[-1]} (missing: {shown})",
+            )
+        self.first_index = indices[0]
+        self.files = tuple(by_index[i] for i in indices)
+        ref_shape, ref_axes, ref_dtype, _ = _tiff_header(self.files[0])
+        if len(ref_shape) != 2:
+            raise SourceError(
+                self.files[0], f"a slice must be a 2D image, found shape {ref_shape} ({ref_axes})"
+            )
+        for f in self.files[1:]:
+            shape, _, dtype, _ = _tiff_header(f)
+            if shape != ref_shape or dtype != ref_dtype:
+                raise SourceError(
+                    f,
+                    f"shape {shape} and dtype {dtype} differ from {self.files[0].name} "
+                    f"({ref_shape}, {ref_dtype})",
+                    hint="all slices of a stack must have one shape and dtype",
+                )
+        self.info = StackInfo(
+            shape=(len(self.files), int(ref_shape[0]), int(ref_shape[1])),
+            dtype=ref_dtype,
+            physical_size=None,
+        )
+
+    def read_plane(self, z: int) -> np.ndarray:
+        """Decode slice *z* (0-based position, not the file's index)."""
+        path = self.files[z]
+        try:
+            plane = tifffile.imread(path, series=0, level=0)
+        except Exception as exc:
+            raise SourceError(path, f"cannot decode slice ({exc})") from exc
+        return self._check_plane(np.asarray(plane), path)
+
+
+class TiffStack(ImageSource):
+    """A multi-page TIFF or OME-TIFF holding one grayscale stack.
+
+    Physical sizes come from the OME-XML (``PhysicalSizeX/Y/Z`` with their units,
+    converted to micrometres) when the file is an OME-TIFF that gives all three.
+
+    Raises:
+        SourceError: unreadable file, more than one channel or time point, RGB.
+    """
+
+    _PLANE_AXES = ("ZYX", "IYX", "QYX", "YX")
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.files = (self.path,)
+        shape, axes, dtype, _ = _tiff_header(self.path)
+        if axes not in self._PLANE_AXES:
+            raise SourceError(
+                self.path,
+                f"stack axes {axes} with shape {shape} are not supported; expected one "
+                "grayscale channel and time point (ZYX)",
+                hint="split channels/time points into separate files",
+            )
+        if axes == "YX":
+            shape = (1, *shape)
+        self.info = StackInfo(
+            shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+            dtype=dtype,
+            physical_size=_ome_physical_size(self.path),
+        )
+
+    def read_plane(self, z: int) -> np.ndarray:
+        """Decode page *z* of the first series (level 0)."""
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                page = tif.series[0].pages[z]
+                assert page is not None
+                plane = page.asarray()
+        except Exception as exc:
+            raise SourceError(self.path, f"cannot decode plane {z} ({exc})") from exc
+        return self._check_plane(np.asarray(plane).reshape(self.shape[1:]), self.path)
+
+    def iter_planes(self, *, prefetch: int = 4, workers: int = 2) -> Iterator[np.ndarray]:
+        """Yield planes in Z order from one open file handle (pages are decoded in order)."""
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                series = tif.series[0]
+                for z in range(self.shape[0]):
+                    page = series.pages[z]
+                    assert page is not None
+                    plane = np.asarray(page.asarray()).reshape(self.shape[1:])
+                    yield self._check_plane(plane, self.path)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(self.path, f"cannot decode stack ({exc})") from exc
+
+
+def _ome_physical_size(path: Path) -> tuple[float, float, float] | None:
+    """PhysicalSizeZ/Y/X of the first OME image in micrometres, if all three are given."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            xml = tif.ome_metadata
+    except Exception:
+        return None
+    if not xml:
+        return None
+    from bidspack.io.omexml import physical_size_um
+
+    try:
+        return physical_size_um(xml)
+    except ValueError as exc:
+        raise SourceError(path, f"OME-XML physical sizes unusable ({exc})") from exc
+
+
+def open_source(path: Path) -> ImageSource:
+    """Open a slice folder or a stack file as an :class:`ImageSource`.
+
+    A folder with exactly one TIFF that has more than one page is read as that stack;
+    any other folder is read as a slice folder.
+
+    Raises:
+        SourceError: see :class:`SliceFolder` and :class:`TiffStack`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        tiffs = [p for p in path.iterdir() if p.is_file() and is_tiff(p)]
+        if len(tiffs) == 1:
+            shape, _, _, _ = _tiff_header(tiffs[0])
+            if len(shape) > 2:
+                return TiffStack(tiffs[0])
+        return SliceFolder(path, tiffs)
+    if path.is_file() and is_tiff(path):
+        return TiffStack(path)
+    raise SourceError(path, "not a slice folder or a TIFF/OME-TIFF file")

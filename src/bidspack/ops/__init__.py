@@ -1,0 +1,2 @@
+"""Operations: each builds a plan, then applies it through :mod:`bidspack.txn`,
+yielding :class:`bidspack.records.Record` objects."""

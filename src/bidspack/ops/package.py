@@ -1,0 +1,507 @@
+"""``bidspack package``: a submission folder + packaging spec -> BIDS microscopy dataset.
+
+:func:`build_plan` scans the submission (read-only) and returns a :class:`~bidspack.plan.Plan`
+in which every input file is converted, copied or excluded with a reason;
+:func:`apply_plan` stages every output in a transaction, validates the staged dataset,
+and commits it atomically, yielding records. Sources: BIDS 1.11.1 "Microscopy"; the
+OME-TIFF layout of :mod:`bidspack.io.ometiff`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from bidspack.bids import metadata
+from bidspack.bids.paths import micr_path
+from bidspack.bids.schema import is_valid_label, sanitize_label
+from bidspack.bids.tables import json_text, write_text
+from bidspack.errors import BidspackError, OutputError, PlanError, SpecError, ValidationFailed
+from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
+from bidspack.io.sources import ImageSource, SliceFolder, TiffStack, is_tiff
+from bidspack.plan import Action, Plan
+from bidspack.records import Record
+from bidspack.spec import Channel, PackagingSpec
+from bidspack.txn import Transaction, dataset_lock
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Glob to regex: ``**`` crosses ``/``, ``*`` and ``?`` do not."""
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(rf"^{out}$")
+
+
+@dataclass(frozen=True)
+class SubjectFolder:
+    """A subject folder of the submission and what the spec makes of it."""
+
+    folder: str
+    groups: dict[str, str]
+    label: str
+    sample: str
+
+
+def _files_under(root: Path, rel: str) -> list[str]:
+    base = root / rel
+    if base.is_file():
+        return [rel]
+    return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file())
+
+
+def _subjects(submission: Path, spec: PackagingSpec, excluded: Callable[[str], str | None]) -> tuple[
+    list[SubjectFolder], list[Action]
+]:
+    """Match top-level folders against the subject pattern; return subjects and the
+    exclude actions for excluded top-level entries."""
+    subjects: list[SubjectFolder] = []
+    actions: list[Action] = []
+    unmatched: list[str] = []
+    by_label: dict[str, str] = {}
+    for entry in sorted(submission.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        reason = excluded(name)
+        if reason is not None:
+            actions.append(Action("exclude", None, tuple(_files_under(submission, name)), reason=reason))
+            continue
+        m = spec.pattern.fullmatch(name) if entry.is_dir() else None
+        if m is None:
+            unmatched.append(name)
+            continue
+        groups = {k: v for k, v in m.groupdict().items() if v is not None}
+        raw_label = spec.label_template.format(**groups)
+        raw_sample = spec.sample_template.format(**groups)
+        label, sample = raw_label, raw_sample
+        if spec.sanitize:
+            label, sample = sanitize_label(raw_label), sanitize_label(raw_sample)
+        for what, value in (("participant label", label), ("sample label", sample)):
+            if not is_valid_label(value):
+                raise PlanError(
+                    submission / name,
+                    f"{what} {value!r} is not a valid BIDS label (letters and digits only)",
+                    hint="set subjects.sanitize = true or change subjects.label",
+                )
+        if label in by_label:
+            raise PlanError(
+                submission,
+                f"subject folders {by_label[label]} and {name} both map to participant label "
+                f"{label!r}",
+            )
+        by_label[label] = name
+        subjects.append(SubjectFolder(name, groups, label, sample))
+    if unmatched:
+        shown = ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
+        raise PlanError(
+            submission,
+            f"{len(unmatched)} top-level entr{'y' if len(unmatched) == 1 else 'ies'} match "
+            f"neither subjects.pattern nor an exclude: {shown}",
+            hint="add an [[exclude]] entry with a reason, or fix the pattern",
+        )
+    if not subjects:
+        raise PlanError(submission, "no subject folder matches subjects.pattern")
+    return subjects, actions
+
+
+def _open_image(submission: Path, rel: str, tiffs: list[str]) -> ImageSource:
+    path = submission / rel
+    if path.is_file():
+        return TiffStack(path)
+    if len(tiffs) == 1:
+        single = TiffStack(submission / tiffs[0]) if _pages(submission / tiffs[0]) > 1 else None
+        if single is not None:
+            return single
+    return SliceFolder(path, [submission / t for t in tiffs])
+
+
+def _pages(path: Path) -> int:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return int(math.prod(tif.series[0].shape[:-2])) if tif.series else 0
+    except Exception:
+        return 0
+
+
+def _voxel_size(spec: PackagingSpec, ch: Channel, src: ImageSource, rel: str) -> tuple[float, float, float]:
+    given = ch.voxel_size_um
+    found = src.info.physical_size
+    if given is None and found is None:
+        raise SpecError(
+            spec.source,
+            f"{rel}: the files carry no physical voxel size; give voxel_size in the spec",
+            location=f"channels[{ch.index}].voxel_size",
+        )
+    if given is not None and found is not None:
+        if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(given, found, strict=True)):
+            raise SpecError(
+                spec.source,
+                f"{rel}: voxel_size {given} um (z, y, x) contradicts the file's OME-XML {found} um",
+                location=f"channels[{ch.index}].voxel_size",
+            )
+    return given if given is not None else found  # type: ignore[return-value]
+
+
+def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
+    """Scan *submission* (read-only) and plan every output of the dataset.
+
+    Raises:
+        PlanError: unmatched or colliding subject folders, unaccounted files,
+            missing required channel folders, two outputs with one path.
+        SourceError: an image folder is invalid (gaps, duplicate indices, mixed
+            shapes/dtypes, unreadable files).
+        SpecError: voxel size missing or contradicting the files.
+    """
+    submission = Path(submission)
+    if not submission.is_dir():
+        raise PlanError(submission, "submission folder does not exist or is not a folder")
+    patterns = [(_glob_regex(e.path), e.reason) for e in spec.excludes]
+
+    def excluded(rel: str) -> str | None:
+        parts = PurePosixPath(rel).parts
+        for regex, reason in patterns:
+            for i in range(1, len(parts) + 1):
+                if regex.match("/".join(parts[:i])):
+                    return reason
+        return None
+
+    subjects, actions = _subjects(submission, spec, excluded)
+    out = spec.output
+    converts: list[Action] = []
+    copies: list[Action] = []
+    targets: dict[str, str] = {}
+    pipelines: dict[str, bool] = {}
+
+    def claim(target: str, source: str) -> None:
+        if target in targets:
+            raise PlanError(
+                submission, f"{targets[target]} and {source} would both be written to {target}"
+            )
+        targets[target] = source
+
+    for subj in subjects:
+        accounted: set[str] = set()
+        for ch in spec.channels:
+            rel = f"{subj.folder}/{ch.folder}"
+            step = f"sub-{subj.label}/{ch.folder}"
+            if not (submission / rel).exists():
+                if ch.required:
+                    raise PlanError(
+                        submission / rel,
+                        "channel folder is missing",
+                        hint="set required = false for this channel in the spec to skip it",
+                    )
+                actions.append(Action("skip", None, (), reason="channel folder absent", step=step))
+                continue
+            files = _files_under(submission, rel)
+            accounted.update(files)
+            kept: list[str] = []
+            for f in files:
+                reason = excluded(f)
+                if reason is not None:
+                    actions.append(Action("exclude", None, (f,), reason=reason, step=step))
+                else:
+                    kept.append(f)
+            base = rel if (submission / rel).is_dir() else str(PurePosixPath(rel).parent)
+            image_files = [
+                f for f in kept if is_tiff(Path(f)) and str(PurePosixPath(f).parent) == base
+            ] if ch.image != "none" else []
+            if (submission / rel).is_file() and ch.image != "none":
+                image_files = kept
+            if ch.image != "none":
+                if not image_files:
+                    raise PlanError(submission / rel, "no TIFF image in this channel folder")
+                src = _open_image(submission, rel, image_files)
+                voxel = _voxel_size(spec, ch, src, rel)
+                entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
+                if ch.type == "derivative" and ch.desc:
+                    entities["description"] = ch.desc
+                ext = ome_tiff_extension(src.shape, src.dtype)
+                target = micr_path(entities, ch.suffix, ext)
+                if ch.type == "derivative":
+                    target = f"derivatives/{ch.pipeline}/{target}"
+                    pipelines.setdefault(str(ch.pipeline), False)
+                claim(target, rel)
+                src_rels = tuple(Path(p).relative_to(submission).as_posix() for p in src.files)
+                name = PurePosixPath(target).name.removesuffix(ext)
+                params: dict[str, Any] = {
+                    "shape_zyx": list(src.shape),
+                    "dtype": src.dtype.name,
+                    "voxel_size_zyx_um": list(voxel),
+                    "image": ch.image,
+                    "name": name,
+                    "channel_name": ch.entities.get("stain"),
+                    "compression": out["compression"],
+                    "compression_level": out["compression_level"],
+                    "tile": out["tile"],
+                }
+                converts.append(Action("convert", target, src_rels, params, step=step))
+                sidecar_target = target.removesuffix(ext) + ".json"
+                claim(sidecar_target, rel)
+                sidecar = metadata.micr_sidecar(voxel, spec.raw.get("sidecar", {}), ch.sidecar)
+                converts.append(Action("write", sidecar_target, (), step=step, content=sidecar))
+            used = set(image_files)
+            for f in kept:
+                if f in used:
+                    continue
+                inner = PurePosixPath(f).relative_to(subj.folder).as_posix()
+                if ch.extras == "derivative":
+                    target = f"derivatives/{ch.pipeline}/sub-{subj.label}/{inner}"
+                    pipelines[str(ch.pipeline)] = True
+                else:
+                    target = f"sourcedata/sub-{subj.label}/{inner}"
+                claim(target, f)
+                copies.append(Action("copy", target, (f,), step=step))
+        # Everything else in the subject folder must be excluded explicitly.
+        rest = [f for f in _files_under(submission, subj.folder) if f not in accounted]
+        loose: list[str] = []
+        for f in rest:
+            reason = excluded(f)
+            if reason is None:
+                loose.append(f)
+            else:
+                actions.append(Action("exclude", None, (f,), reason=reason, step=f"sub-{subj.label}"))
+        if loose:
+            shown = ", ".join(loose[:10]) + (" ..." if len(loose) > 10 else "")
+            raise PlanError(
+                submission / subj.folder,
+                f"{len(loose)} file(s) belong to no channel and no exclude: {shown}",
+                hint="list the folder as a channel, or exclude it with a reason",
+            )
+    writes = _metadata_actions(spec, subjects, pipelines)
+    params = {"spec": spec.source.name, "output": dict(out)}
+    return Plan("package", params, [*writes, *converts, *copies, *_merge_excludes(actions)])
+
+
+def _merge_excludes(actions: list[Action]) -> list[Action]:
+    """Keep skip actions; group exclude actions with one reason and step into one."""
+    merged: dict[tuple[str, str], list[str]] = {}
+    others: list[Action] = []
+    for a in actions:
+        if a.kind == "exclude":
+            merged.setdefault((a.step, a.reason), []).extend(a.sources)
+        else:
+            others.append(a)
+    excl = [Action("exclude", None, tuple(srcs), reason=r, step=s) for (s, r), srcs in merged.items()]
+    return [*others, *excl]
+
+
+def _metadata_actions(
+    spec: PackagingSpec, subjects: list[SubjectFolder], pipelines: dict[str, bool]
+) -> list[Action]:
+    ds = spec.dataset
+    readme = ds.get("README") or (
+        f"# {ds['Name']}\n\nMicroscopy dataset in BIDS {metadata.BIDS_VERSION} format, packaged "
+        "with bidspack from a lab submission.\n\nRaw images are under sub-*/micr/, images "
+        "made by the lab's pipelines under derivatives/, and non-image files of the "
+        "submission under sourcedata/.\n"
+    )
+    acts = [
+        Action("write", "dataset_description.json", content=metadata.dataset_description(ds)),
+        Action("write", "README.md", content=readme if readme.endswith("\n") else readme + "\n"),
+    ]
+    subjects = sorted(subjects, key=lambda s: s.label)
+    prow = []
+    srow = []
+    for s in subjects:
+        row = {"participant_id": f"sub-{s.label}"}
+        row.update({c.name: c.resolve(s.groups) for c in spec.participant_columns})
+        prow.append(row)
+        srow_ = {"sample_id": f"sample-{s.sample}", "participant_id": f"sub-{s.label}",
+                 "sample_type": spec.sample_type}
+        srow_.update({c.name: c.resolve(s.groups) for c in spec.sample_columns})
+        srow.append(srow_)
+    pcols = {c.name: c.meta for c in spec.participant_columns}
+    ptsv, pjson = metadata.table_files(("participant_id",), prow, pcols)
+    scols = {c.name: c.meta for c in spec.sample_columns}
+    stsv, sjson = metadata.table_files(("sample_id", "participant_id", "sample_type"), srow, scols)
+    acts += [
+        Action("write", "participants.tsv", content=ptsv),
+        Action("write", "participants.json", content=pjson),
+        Action("write", "samples.tsv", content=stsv),
+        Action("write", "samples.json", content=sjson),
+        Action("write", "code/bidspack/" + spec.source.name, content=spec.text),
+    ]
+    for pipeline, has_extras in sorted(pipelines.items()):
+        acts.append(
+            Action(
+                "write",
+                f"derivatives/{pipeline}/dataset_description.json",
+                content=metadata.derivative_description(pipeline, name=ds["Name"]),
+            )
+        )
+        if has_extras:
+            acts.append(
+                Action("write", f"derivatives/{pipeline}/.bidsignore", content="sub-*/*/\n")
+            )
+    return acts
+
+
+def apply_plan(
+    plan: Plan,
+    submission: Path,
+    dataset: Path,
+    *,
+    validate: bool = True,
+    progress: ProgressFn | None = None,
+) -> Iterator[Record]:
+    """Carry out *plan*: stage all outputs, validate the staged dataset, commit.
+
+    The dataset folder must not exist or be empty. On any error nothing is committed,
+    the staging area is removed, and a dataset folder that did not exist before is
+    removed again; the submission is only read.
+
+    Yields one :class:`Record` per action, then the validation records.
+
+    Raises:
+        OutputError: the dataset folder exists and is not empty.
+        BidspackError: any error of the steps (after cleaning up).
+    """
+    submission = Path(submission)
+    dataset = Path(dataset)
+    created = not dataset.exists()
+    had_state = (dataset / ".bidspack").exists()
+    if not created:
+        if not dataset.is_dir():
+            raise OutputError(dataset, "exists and is not a folder")
+        if any(p.name != ".bidspack" for p in dataset.iterdir()):
+            raise OutputError(
+                dataset, "exists and is not empty", hint="choose a new or empty output folder"
+            )
+    try:
+        with dataset_lock(dataset):
+            txn = Transaction(dataset)
+            try:
+                yield from _stage(plan, submission, txn, progress)
+                if validate:
+                    from bidspack.ops.validate import validate_dataset
+
+                    nerr = 0
+                    for rec in validate_dataset(txn.tree):
+                        nerr += rec.status == "error"
+                        yield rec
+                    if nerr:
+                        raise ValidationFailed(
+                            dataset,
+                            f"the packaged dataset has {nerr} validation error(s); "
+                            "nothing was written",
+                        )
+                puts = txn.commit()
+                yield Record("commit", ".", "ok", f"{len(puts)} files committed")
+            except BaseException:
+                txn.abort()
+                raise
+    except BaseException:
+        if created:
+            shutil.rmtree(dataset, ignore_errors=True)
+        elif not had_state:
+            shutil.rmtree(dataset / ".bidspack", ignore_errors=True)
+        raise
+
+
+def _stage(plan: Plan, submission: Path, txn: Transaction, progress: ProgressFn | None) -> Iterator[Record]:
+    converts = plan.of_kind("convert")
+    total = len(converts)
+    done = 0
+    for action in plan:
+        if action.kind == "write":
+            assert action.target is not None and action.content is not None
+            write_text(txn.stage_path(action.target), action.content)
+            yield Record("write", action.target, "ok", step_details(action))
+        elif action.kind == "copy":
+            assert action.target is not None
+            shutil.copyfile(submission / action.sources[0], txn.stage_path(action.target))
+            yield Record("copy", action.target, "ok", f"from {action.sources[0]}")
+        elif action.kind == "convert":
+            assert action.target is not None
+            p = action.params
+            files = [submission / s for s in action.sources]
+            src: ImageSource
+            if len(files) == 1 and _pages(files[0]) > 1:
+                src = TiffStack(files[0])
+            else:
+                src = SliceFolder(files[0].parent, files)
+            if progress:
+                progress(action.target, done, total)
+            res = write_ome_tiff(
+                txn.stage_path(action.target),
+                src,
+                physical_size_zyx_um=tuple(p["voxel_size_zyx_um"]),  # type: ignore[arg-type]
+                name=p["name"],
+                kind=p["image"],
+                channel_name=p.get("channel_name"),
+                compression=p["compression"],
+                compression_level=p["compression_level"],
+                tile=p["tile"],
+                workdir=txn.workdir(),
+            )
+            done += 1
+            if progress:
+                progress(action.target, done, total)
+            yield Record(
+                "convert",
+                action.target,
+                "ok",
+                f"{len(files)} file(s) -> OME-TIFF {res.shape} {res.dtype}",
+                {"pixel_hash": res.pixel_hash, "levels": [list(lv) for lv in res.levels],
+                 "sources": len(files), "step": action.step},
+            )
+        elif action.kind == "exclude":
+            yield Record("exclude", action.sources[0] if len(action.sources) == 1 else
+                         str(PurePosixPath(action.sources[0]).parent), "notneeded",
+                         action.reason, {"files": len(action.sources)})
+        elif action.kind == "skip":
+            yield Record("skip", action.step, "impossible", action.reason)
+    txn.stage_path("code/bidspack/plan.json").write_text(json_text(plan.to_dict()), encoding="utf-8")
+
+
+def step_details(action: Action) -> str:
+    """Short message of a write action."""
+    return f"metadata ({action.step})" if action.step != "dataset" else "metadata"
+
+
+def package(
+    submission: Path,
+    dataset: Path,
+    spec: PackagingSpec,
+    *,
+    dry_run: bool = False,
+    validate: bool = True,
+    progress: ProgressFn | None = None,
+) -> Iterator[Record]:
+    """Plan and (unless *dry_run*) apply a packaging run; see :func:`build_plan` and
+    :func:`apply_plan`. A dry run yields one ``plan`` record per action and writes nothing.
+
+    Raises:
+        BidspackError: see :func:`build_plan` and :func:`apply_plan`.
+    """
+    plan = build_plan(submission, spec)
+    if dry_run:
+        for a in plan:
+            yield Record("plan", a.target or ",".join(a.sources[:1]), "notneeded",
+                         a.kind, a.to_dict())
+        return
+    yield from apply_plan(plan, submission, dataset, validate=validate, progress=progress)
+
+
+__all__ = ["BidspackError", "apply_plan", "build_plan", "package"]
