@@ -128,6 +128,7 @@ def write_ome_tiff(
     workdir: Path,
     max_workers: int | None = None,
     verify: bool = True,
+    bigtiff: bool | None = None,
 ) -> OmeTiffResult:
     """Write *source* (``(z, y, x)``) to an OME-TIFF pyramid at *path*, streaming.
 
@@ -144,6 +145,8 @@ def write_ome_tiff(
         workdir: folder for the spilled sub-levels (same filesystem as *path* advised).
         max_workers: threads compressing tiles (default: CPU count).
         verify: re-read level 0 and compare its pixel hash to the source's.
+        bigtiff: force BigTIFF (``True``) or classic TIFF (``False``); by default
+            :func:`needs_bigtiff` decides.
 
     Returns:
         :class:`OmeTiffResult` with the pixel hash of the source.
@@ -157,7 +160,8 @@ def write_ome_tiff(
     z, y, x = source.shape
     dtype = source.dtype
     levels = pyramid_shapes(y, x)
-    bigtiff = needs_bigtiff(source.shape, dtype)
+    if bigtiff is None:
+        bigtiff = needs_bigtiff(source.shape, dtype)
     xml = build_omexml(
         name=name,
         shape_zyx=source.shape,

@@ -1,0 +1,53 @@
+"""Shared fixtures: real data from ../shared/realdata, the example submission, tree snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bidspack.examples import write_submission
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("BIDSPACK_REALDATA", REPO.parent / "shared" / "realdata"))
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """The read-only real microscopy data folder (copy before modifying)."""
+    assert REALDATA.is_dir(), f"real data not found at {REALDATA} (set BIDSPACK_REALDATA)"
+    return REALDATA
+
+
+@pytest.fixture(scope="session")
+def example_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(submission, spec) of the shipped example, written once per session (read-only)."""
+    root = tmp_path_factory.mktemp("example")
+    spec = write_submission(root / "submission")
+    return root / "submission", spec
+
+
+@pytest.fixture
+def example(tmp_path: Path, example_source: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A private, modifiable copy of the example submission and its spec."""
+    sub, spec = example_source
+    shutil.copytree(sub, tmp_path / "submission")
+    shutil.copy(spec, tmp_path / spec.name)
+    return tmp_path / "submission", tmp_path / spec.name
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Map every file (and empty dir) below *root* to its sha256; {} if root is absent."""
+    out: dict[str, str] = {}
+    if not root.exists():
+        return out
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir() and not any(p.iterdir()):
+            out[rel + "/"] = "dir"
+    return out
