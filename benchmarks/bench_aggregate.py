@@ -74,8 +74,13 @@ def _knot(seed: int, k: int) -> np.ndarray:
 
 
 def synthetic_plane(z: int, size: int, seed: int, interp: np.ndarray) -> np.ndarray:
-    """Plane *z* of the synthetic stack: a smooth background that drifts with Z, a
-    sinusoidal texture, and Gaussian noise (sigma 30), as ``(size, size)`` uint16.
+    """Plane *z* of the synthetic stack as a ``(size, size)`` uint16 array.
+
+    A light-sheet-like image: about half the plane is dark background (offset 100),
+    the rest "tissue" (mean ~1500-2500) with a soft edge, a smooth random structure
+    that drifts with Z and a sinusoidal texture; noise is Gaussian with sCMOS-like
+    read noise (sigma 2) plus shot noise (variance half the signal above offset).
+    With plain deflate (zlib level 6, no predictor) this compresses about 1.8x.
 
     Each plane depends only on ``(z, size, seed)``, so the first N planes of a deeper
     stack are exactly the planes of an N-deep one.
@@ -83,14 +88,16 @@ def synthetic_plane(z: int, size: int, seed: int, interp: np.ndarray) -> np.ndar
     k, t = divmod(z, _KNOT_SPACING_Z)
     f = t / _KNOT_SPACING_Z
     coarse = (1.0 - f) * _knot(seed, k) + f * _knot(seed, k + 1)
-    smooth = interp @ coarse @ interp.T  # (size, size), bilinear upsampling
+    smooth = interp @ coarse @ interp.T  # (size, size), bilinear upsampling of the knots
     axis = np.arange(size, dtype=np.float32) / size
     texture = np.outer(
         np.sin(2 * np.pi * (7 * axis + 0.013 * z)), np.cos(2 * np.pi * (5 * axis - 0.011 * z))
     )
+    tissue = np.clip(3.0 * smooth, 0.0, 1.0)  # 0 background .. 1 tissue
+    signal = tissue * (1500.0 + 600.0 * smooth + 400.0 * texture)
     rng = np.random.default_rng([seed, 2, z])
     noise = rng.standard_normal((size, size), dtype=np.float32)
-    plane = 2000.0 + 600.0 * smooth + 300.0 * texture + 30.0 * noise
+    plane = 100.0 + signal + np.sqrt(4.0 + 0.5 * np.maximum(signal, 0.0)) * noise
     return np.clip(plane, 0, 65535).astype(np.uint16)
 
 
@@ -146,6 +153,9 @@ from bidspack.io.ometiff import write_ome_tiff
 from bidspack.io.sources import SliceFolder
 
 a = json.loads(sys.argv[1])
+if a["tifffile_buffersize"]:
+    import tifffile
+    tifffile.TIFF.BUFFERSIZE = a["tifffile_buffersize"]
 rss_imports_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 src = SliceFolder(Path(a["folder"]), [Path(p) for p in a["files"]])
@@ -181,6 +191,7 @@ def aggregate_in_child(
     level: int,
     tile: int,
     verify: bool,
+    tifffile_buffersize: int | None,
 ) -> dict:
     """Run the aggregation in a child interpreter; its timings and peak RSS."""
     payload = {
@@ -192,6 +203,7 @@ def aggregate_in_child(
         "level": level,
         "tile": tile,
         "verify": verify,
+        "tifffile_buffersize": tifffile_buffersize,
         "physical_size": list(PHYSICAL_SIZE_ZYX_UM),
     }
     t0 = time.perf_counter()
@@ -240,6 +252,7 @@ def measure_depth(
             level=args.level,
             tile=256,
             verify=verify,
+            tifffile_buffersize=tifffile_buffer_bytes(args),
         )
         if not args.keep or not verify:
             out.unlink()
@@ -307,6 +320,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def tifffile_buffer_bytes(args: argparse.Namespace) -> int | None:
+    mib = args.tifffile_buffersize
+    return None if mib is None else int(mib * 2**20)
+
+
 def machine_info() -> dict:
     import imagecodecs
 
@@ -366,6 +384,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run each depth with verify=False (about 1.5x the runtime) to split "
         "write and verify time",
     )
+    p.add_argument(
+        "--tifffile-buffersize",
+        type=float,
+        metavar="MIB",
+        help="diagnostic: set tifffile.TIFF.BUFFERSIZE (MiB) in the aggregation child. "
+        "TiffWriter.write buffers 2x this many bytes of uncompressed tiles (default 2 x 256 "
+        "MiB) plus their encoded bytes per compression batch; bidspack passes no "
+        "buffersize, so this bounds its peak RSS. Default: tifffile's own",
+    )
     p.add_argument("--keep", action="store_true", help="keep slices and outputs")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -400,9 +427,14 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     level = f" level {args.level}" if args.compression == "zlib" else ""
+    diag = (
+        f"tifffile.TIFF.BUFFERSIZE={args.tifffile_buffersize:g} MiB (diagnostic); "
+        if args.tifffile_buffersize is not None
+        else ""
+    )
     print(
         f"bidspack slice-folder -> OME-TIFF aggregation; {args.size}x{args.size} uint16 slices, "
-        f"{args.compression}{level}, tile 256, verify=True; "
+        f"{args.compression}{level}, tile 256, verify=True; {diag}"
         f"{info['cpu_count']} CPUs, {info['memory_gb']:.0f} GB RAM, {info['date']}"
     )
     print(format_table(rows))
@@ -444,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                         "tile": 256,
                         "verify": True,
                         "seed": args.seed,
+                        "tifffile_buffersize_bytes": tifffile_buffer_bytes(args),
                         "generator_version": GENERATOR_VERSION,
                     },
                     "results": rows,

@@ -38,8 +38,9 @@ def stack(tmp_path: Path) -> tuple[np.ndarray, SliceFolder]:
 def test_pyramid_levels_and_pixels(tmp_path: Path, stack) -> None:
     data, src = stack
     out = tmp_path / "x.ome.tif"
-    res = write_ome_tiff(out, src, physical_size_zyx_um=(4.0, 1.8, 1.8), name="x",
-                         workdir=tmp_path / "w")
+    res = write_ome_tiff(
+        out, src, physical_size_zyx_um=(4.0, 1.8, 1.8), name="x", workdir=tmp_path / "w"
+    )
     assert res.levels == ((1100, 1030), (550, 515), (275, 258))
     assert res.pixel_hash == pixel_hash_array(data, "ZYX") == pixel_hash_of_file(out)
     with tifffile.TiffFile(out) as tif:
@@ -58,8 +59,13 @@ def test_pyramid_levels_and_pixels(tmp_path: Path, stack) -> None:
 def test_omexml_first_4k_units_and_no_uuid(tmp_path: Path, stack) -> None:
     _, src = stack
     out = tmp_path / "x.ome.tif"
-    write_ome_tiff(out, src, physical_size_zyx_um=(50.0, 40.0, 40.0), name="sub-1_sample-a_SPIM",
-                   workdir=tmp_path / "w")
+    write_ome_tiff(
+        out,
+        src,
+        physical_size_zyx_um=(50.0, 40.0, 40.0),
+        name="sub-1_sample-a_SPIM",
+        workdir=tmp_path / "w",
+    )
     head = out.read_bytes()[:4096]
     start, end = head.find(b"<?xml"), head.find(b"</OME>")
     assert 0 < start < end < 4096
@@ -75,7 +81,9 @@ def test_byte_identical_rewrites(tmp_path: Path, stack) -> None:
     _, src = stack
     a, b = tmp_path / "a.ome.tif", tmp_path / "b.ome.tif"
     for p in (a, b):
-        write_ome_tiff(p, src, physical_size_zyx_um=(4.0, 1.8, 1.8), name="x", workdir=tmp_path / "w")
+        write_ome_tiff(
+            p, src, physical_size_zyx_um=(4.0, 1.8, 1.8), name="x", workdir=tmp_path / "w"
+        )
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -84,8 +92,9 @@ def test_label_pyramid_never_invents_values(tmp_path: Path) -> None:
     labels = rng.choice(np.array([0, 3, 17, 250], np.uint8), size=(2, 1200, 700))
     src = _slices(tmp_path / "lab", labels)
     out = tmp_path / "l.ome.tif"
-    write_ome_tiff(out, src, physical_size_zyx_um=(1, 1, 1), name="l", kind="label",
-                   workdir=tmp_path / "w")
+    write_ome_tiff(
+        out, src, physical_size_zyx_um=(1, 1, 1), name="l", kind="label", workdir=tmp_path / "w"
+    )
     with tifffile.TiffFile(out) as tif:
         for level in tif.series[0].levels:
             assert set(np.unique(level.asarray())) <= {0, 3, 17, 250}
@@ -96,8 +105,14 @@ def test_label_pyramid_never_invents_values(tmp_path: Path) -> None:
 def test_float_and_odd_shapes(tmp_path: Path) -> None:
     data = np.random.default_rng(9).random((2, 601, 533)).astype(np.float32)
     src = _slices(tmp_path / "f", data)
-    res = write_ome_tiff(tmp_path / "f.ome.tif", src, physical_size_zyx_um=(1, 1, 1), name="f",
-                         workdir=tmp_path / "w", compression="lzw")
+    res = write_ome_tiff(
+        tmp_path / "f.ome.tif",
+        src,
+        physical_size_zyx_um=(1, 1, 1),
+        name="f",
+        workdir=tmp_path / "w",
+        compression="lzw",
+    )
     assert res.levels == ((601, 533), (301, 267))
     assert res.pixel_hash == pixel_hash_array(data, "ZYX")
 

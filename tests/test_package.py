@@ -10,20 +10,22 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import tifffile
-from conftest import snapshot
 from ome_types import from_xml
 
 from bidspack.io.ometiff import pixel_hash_of_file
 from bidspack.io.pixelhash import PixelHasher
 from bidspack.ops.package import build_plan, package
 from bidspack.spec import load_schema, load_spec
+from conftest import snapshot
 
 
 def validator_errors(dataset: Path) -> list[dict]:
     """Errors reported by `bids-validator-deno -r` (the official validator, run directly)."""
     proc = subprocess.run(
         ["bids-validator-deno", str(dataset), "-r", "--format", "json"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     report = json.loads(proc.stdout)
     reports = [report, *report.get("derivativesSummary", {}).values()]
@@ -34,8 +36,12 @@ def validator_errors(dataset: Path) -> list[dict]:
 
 def test_demo_cli_gives_zero_validator_errors(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, "-m", "bidspack", "demo", str(out)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bidspack", "demo", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "validation: 0 errors" in proc.stdout.replace("\n", " ")
     ds = out / "dataset"

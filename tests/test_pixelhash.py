@@ -16,8 +16,14 @@ from bidspack.io.pixelhash import PixelHasher, canonical_axes, pixel_hash_array
 def test_same_pixels_different_encoding_same_hash(tmp_path: Path) -> None:
     data = np.arange(3 * 40 * 50, dtype=np.uint16).reshape(3, 40, 50)
     tifffile.imwrite(tmp_path / "a.tif", data, photometric="minisblack")
-    tifffile.imwrite(tmp_path / "b.tif", data, photometric="minisblack", compression="zlib",
-                     tile=(16, 16), byteorder=">")
+    tifffile.imwrite(
+        tmp_path / "b.tif",
+        data,
+        photometric="minisblack",
+        compression="zlib",
+        tile=(16, 16),
+        byteorder=">",
+    )
     assert (tmp_path / "a.tif").read_bytes() != (tmp_path / "b.tif").read_bytes()
     h = pixel_hash_array(data, "ZYX")
     assert pixel_hash_of_file(tmp_path / "a.tif") == h

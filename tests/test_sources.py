@@ -117,8 +117,13 @@ def test_ome_tiff_stack_carries_physical_size(tmp_path: Path) -> None:
     from bidspack.io.ometiff import write_ome_tiff
 
     _write(tmp_path / "s", ["Z0.tif", "Z1.tif", "Z2.tif"])
-    write_ome_tiff(tmp_path / "x.ome.tif", SliceFolder(tmp_path / "s"),
-                   physical_size_zyx_um=(5.0, 0.5, 0.25), name="x", workdir=tmp_path / "w")
+    write_ome_tiff(
+        tmp_path / "x.ome.tif",
+        SliceFolder(tmp_path / "s"),
+        physical_size_zyx_um=(5.0, 0.5, 0.25),
+        name="x",
+        workdir=tmp_path / "w",
+    )
     assert TiffStack(tmp_path / "x.ome.tif").info.physical_size == (5.0, 0.5, 0.25)
 
 

@@ -48,7 +48,7 @@ class Record:
 
 def count_statuses(records: Iterable[Record]) -> dict[str, int]:
     """Count records per status; every status is present in the result."""
-    counts = dict.fromkeys(STATUSES, 0)
+    counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for rec in records:
         counts[rec.status] += 1
     return counts

@@ -203,7 +203,9 @@ def load_spec(path: Path) -> PackagingSpec:
         if key in subj:
             for name in re.findall(r"\{(\w+)\}", subj[key]):
                 if name not in groups:
-                    raise fail(["subjects", key], f"template uses {{{name}}}, not a group of pattern")
+                    raise fail(
+                        ["subjects", key], f"template uses {{{name}}}, not a group of pattern"
+                    )
 
     def columns(section: str) -> tuple[Column, ...]:
         cols = []
@@ -211,9 +213,7 @@ def load_spec(path: Path) -> PackagingSpec:
             if "group" in c and c["group"] not in groups:
                 raise fail(["subjects", section, name], f"group {c['group']!r} is not in pattern")
             meta = {k: c[k] for k in ("Description", "Levels", "Units") if k in c}
-            cols.append(
-                Column(name, c.get("group"), c.get("value"), dict(c.get("map", {})), meta)
-            )
+            cols.append(Column(name, c.get("group"), c.get("value"), dict(c.get("map", {})), meta))
         return tuple(cols)
 
     channels = []
@@ -254,7 +254,7 @@ def load_spec(path: Path) -> PackagingSpec:
                 extras=ch.get("extras", "sourcedata"),
             )
         )
-    from bidspack.bids.schema import micr_rule  # noqa: PLC0415 - keep spec import light
+    from bidspack.bids.schema import micr_rule
 
     for ch in channels:
         if ch.image != "none" and ch.suffix not in micr_rule()["suffixes"]:
@@ -278,5 +278,10 @@ def load_spec(path: Path) -> PackagingSpec:
         sample_columns=columns("samples"),
         channels=tuple(channels),
         excludes=tuple(Exclude(e["path"].strip("/"), e["reason"]) for e in doc.get("exclude", [])),
-        output={"compression": "zlib", "compression_level": 6, "tile": 256, **doc.get("output", {})},
+        output={
+            "compression": "zlib",
+            "compression_level": 6,
+            "tile": 256,
+            **doc.get("output", {}),
+        },
     )

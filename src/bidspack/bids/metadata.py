@@ -25,7 +25,11 @@ GENERATED_BY = {
 def dataset_description(fields: Mapping[str, Any]) -> str:
     """Raw dataset_description.json text: spec fields plus BIDSVersion, DatasetType,
     GeneratedBy (bidspack with its version). ``README`` is not a field and is dropped."""
-    out: dict[str, Any] = {"Name": fields["Name"], "BIDSVersion": BIDS_VERSION, "DatasetType": "raw"}
+    out: dict[str, Any] = {
+        "Name": fields["Name"],
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "raw",
+    }
     for key, value in fields.items():
         if key not in ("Name", "README"):
             out[key] = value
@@ -56,9 +60,7 @@ def derivative_description(
     return json_text(out)
 
 
-def micr_sidecar(
-    voxel_size_zyx_um: tuple[float, float, float], *extra: Mapping[str, Any]
-) -> str:
+def micr_sidecar(voxel_size_zyx_um: tuple[float, float, float], *extra: Mapping[str, Any]) -> str:
     """Microscopy JSON sidecar: ``PixelSize`` ``[x, y, z]`` in ``um`` plus *extra* fields
     (later mappings win). BIDS orders PixelSize X, Y, Z."""
     z, y, x = voxel_size_zyx_um

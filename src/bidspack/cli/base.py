@@ -43,11 +43,14 @@ def map_errors(func: F) -> F:
         except BidspackError as exc:
             if debug_enabled():
                 raise
-            err_console.print(f"[bold red]Error:[/] {exc.message}", highlight=False, markup=True,
-                              soft_wrap=True)
+            err_console.print(
+                f"[bold red]Error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True
+            )
             sys.exit(exc.exit_code if exc.exit_code else 1)
         except KeyboardInterrupt:
-            err_console.print("[bold red]Interrupted[/]: nothing was committed by the step in progress")
+            err_console.print(
+                "[bold red]Interrupted[/]: nothing was committed by the step in progress"
+            )
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -55,10 +58,14 @@ def map_errors(func: F) -> F:
 
 def json_option(func: F) -> F:
     """``--json``: print one JSON record per line instead of the table."""
-    return click.option("--json", "as_json", is_flag=True, help="Print result records as JSON lines.")(func)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print result records as JSON lines."
+    )(func)
 
 
-def render(records: Iterable[Record], *, as_json: bool, title: str, quiet_ok: bool = False) -> dict[str, int]:
+def render(
+    records: Iterable[Record], *, as_json: bool, title: str, quiet_ok: bool = False
+) -> dict[str, int]:
     """Print records (JSON lines or a rich table with a status summary); return counts."""
     out = Console()
     seen: list[Record] = []

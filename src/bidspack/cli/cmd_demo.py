@@ -35,10 +35,14 @@ def demo_cmd(outdir: Path) -> None:
     console.print(f"dataset: {outdir / 'dataset'}")
     for r in converted:
         console.print(f"  {r.path}  pixel hash {r.details['pixel_hash']}")
-    console.print(f"converted {len(converted)} stacks, copied "
-                  f"{sum(r.action == 'copy' for r in records)} files, excluded "
-                  f"{sum(r.details.get('files', 0) for r in records if r.action == 'exclude')} files")
-    console.print(f"validation: {len(errors)} errors, {warnings} warning codes "
-                  f"(bids-validator-deno -r and bidspack checks); records {counts}")
+    console.print(
+        f"converted {len(converted)} stacks, copied "
+        f"{sum(r.action == 'copy' for r in records)} files, excluded "
+        f"{sum(r.details.get('files', 0) for r in records if r.action == 'exclude')} files"
+    )
+    console.print(
+        f"validation: {len(errors)} errors, {warnings} warning codes "
+        f"(bids-validator-deno -r and bidspack checks); records {counts}"
+    )
     if errors:
         sys.exit(1)

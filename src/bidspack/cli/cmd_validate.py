@@ -22,7 +22,11 @@ def validate_cmd(dataset: Path, no_recursive: bool, show_ok: bool, as_json: bool
 
     Exit code 1 if there is any error.
     """
-    counts = render(validate_dataset(dataset, recursive=not no_recursive), as_json=as_json,
-                    title="bidspack validate", quiet_ok=not show_ok)
+    counts = render(
+        validate_dataset(dataset, recursive=not no_recursive),
+        as_json=as_json,
+        title="bidspack validate",
+        quiet_ok=not show_ok,
+    )
     if counts["error"]:
         sys.exit(1)

@@ -69,8 +69,9 @@ def _brain(rng: np.random.Generator, z: int, y: int, x: int) -> tuple[np.ndarray
     inside = r < 1
     intensity = (inside * (1200 - 600 * r) + rng.normal(150, 40, r.shape)).clip(0, 65535)
     angle = np.arctan2(yy, xx)
-    labels = np.where(inside, 1 + (np.floor((angle + np.pi) / (np.pi / 4)) % 8) * 10
-                      + np.floor(r * 3), 0)
+    labels = np.where(
+        inside, 1 + (np.floor((angle + np.pi) / (np.pi / 4)) % 8) * 10 + np.floor(r * 3), 0
+    )
     return intensity.astype(np.uint16), labels.astype(np.uint16)
 
 
@@ -103,11 +104,17 @@ def write_submission(
         rng = np.random.default_rng(seed + i)
         intensity, labels = _brain(rng, z, y, x)
         base = root / subj.folder
-        for name in ("640_N4", "atlaslabel_def_origspace", "atlaslabel_def_origspace_masked",
-                     "640_FRST_seg", "640_FRST_seg_corr", "heatmaps_atlasspace"):
+        for name in (
+            "640_N4",
+            "atlaslabel_def_origspace",
+            "atlaslabel_def_origspace_masked",
+            "640_FRST_seg",
+            "640_FRST_seg_corr",
+            "heatmaps_atlasspace",
+        ):
             (base / name).mkdir(parents=True, exist_ok=True)
         seg = ((intensity > 900) & (rng.random(intensity.shape) > 0.7)).astype(np.uint16)
-        heat = (intensity[:, ::2, ::2].astype(np.float32) / 1000.0)
+        heat = intensity[:, ::2, ::2].astype(np.float32) / 1000.0
         for k in range(z):
             tifffile.imwrite(base / "640_N4" / f"Z{k:04d}.tif", intensity[k])
             tifffile.imwrite(base / "atlaslabel_def_origspace" / f"Z{k:04d}.tif", labels[k])

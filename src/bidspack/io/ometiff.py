@@ -185,7 +185,7 @@ def write_ome_tiff(
         metadata=None,
         software="bidspack",
     )
-    spills = [open(p, "wb") for p in spill_paths]
+    spills = [open(p, "wb") for p in spill_paths]  # noqa: SIM115 - closed in finally
     try:
 
         def base_tiles() -> Iterator[np.ndarray]:
@@ -239,9 +239,7 @@ def write_ome_tiff(
     if verify:
         written = pixel_hash_of_file(path)
         if written != digest:
-            raise IntegrityError(
-                path, f"written pixels hash to {written}, source to {digest}"
-            )
+            raise IntegrityError(path, f"written pixels hash to {written}, source to {digest}")
     return OmeTiffResult(
         pixel_hash=digest,
         shape=source.shape,

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 from ome_types import OME, from_xml, to_xml
-from ome_types.model import Channel, Image, Pixels, TiffData
+from ome_types.model import (
+    Channel,
+    Image,
+    Pixels,
+    Pixels_DimensionOrder,
+    PixelType,
+    TiffData,
+    UnitsLength,
+)
 
 from bidspack.io.sources import UNIT_TO_UM
 
@@ -55,19 +63,19 @@ def build_omexml(
     channel = Channel(id="Channel:0:0", samples_per_pixel=1, name=channel_name)
     pixels = Pixels(
         id="Pixels:0",
-        dimension_order="XYZCT",
-        type=OME_PIXEL_TYPES[dname],
+        dimension_order=Pixels_DimensionOrder.XYZCT,
+        type=PixelType(OME_PIXEL_TYPES[dname]),
         size_x=x,
         size_y=y,
         size_z=z,
         size_c=1,
         size_t=1,
         physical_size_x=px,
-        physical_size_x_unit="µm",
+        physical_size_x_unit=UnitsLength.MICROMETER,
         physical_size_y=py,
-        physical_size_y_unit="µm",
+        physical_size_y_unit=UnitsLength.MICROMETER,
         physical_size_z=pz,
-        physical_size_z_unit="µm",
+        physical_size_z_unit=UnitsLength.MICROMETER,
         big_endian=False,
         channels=[channel],
         tiff_data_blocks=[TiffData(ifd=0, plane_count=z)],

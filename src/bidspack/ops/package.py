@@ -69,9 +69,9 @@ def _files_under(root: Path, rel: str) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file())
 
 
-def _subjects(submission: Path, spec: PackagingSpec, excluded: Callable[[str], str | None]) -> tuple[
-    list[SubjectFolder], list[Action]
-]:
+def _subjects(
+    submission: Path, spec: PackagingSpec, excluded: Callable[[str], str | None]
+) -> tuple[list[SubjectFolder], list[Action]]:
     """Match top-level folders against the subject pattern; return subjects and the
     exclude actions for excluded top-level entries."""
     subjects: list[SubjectFolder] = []
@@ -82,7 +82,9 @@ def _subjects(submission: Path, spec: PackagingSpec, excluded: Callable[[str], s
         name = entry.name
         reason = excluded(name)
         if reason is not None:
-            actions.append(Action("exclude", None, tuple(_files_under(submission, name)), reason=reason))
+            actions.append(
+                Action("exclude", None, tuple(_files_under(submission, name)), reason=reason)
+            )
             continue
         m = spec.pattern.fullmatch(name) if entry.is_dir() else None
         if m is None:
@@ -143,7 +145,9 @@ def _pages(path: Path) -> int:
         return 0
 
 
-def _voxel_size(spec: PackagingSpec, ch: Channel, src: ImageSource, rel: str) -> tuple[float, float, float]:
+def _voxel_size(
+    spec: PackagingSpec, ch: Channel, src: ImageSource, rel: str
+) -> tuple[float, float, float]:
     given = ch.voxel_size_um
     found = src.info.physical_size
     if given is None and found is None:
@@ -152,14 +156,18 @@ def _voxel_size(spec: PackagingSpec, ch: Channel, src: ImageSource, rel: str) ->
             f"{rel}: the files carry no physical voxel size; give voxel_size in the spec",
             location=f"channels[{ch.index}].voxel_size",
         )
-    if given is not None and found is not None:
-        if not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(given, found, strict=True)):
-            raise SpecError(
-                spec.source,
-                f"{rel}: voxel_size {given} um (z, y, x) contradicts the file's OME-XML {found} um",
-                location=f"channels[{ch.index}].voxel_size",
-            )
-    return given if given is not None else found  # type: ignore[return-value]
+    if given is None:
+        assert found is not None
+        return found
+    if found is not None and not all(
+        math.isclose(a, b, rel_tol=1e-6) for a, b in zip(given, found, strict=True)
+    ):
+        raise SpecError(
+            spec.source,
+            f"{rel}: voxel_size {given} um (z, y, x) contradicts the file's OME-XML {found} um",
+            location=f"channels[{ch.index}].voxel_size",
+        )
+    return given
 
 
 def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
@@ -223,9 +231,11 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                 else:
                     kept.append(f)
             base = rel if (submission / rel).is_dir() else str(PurePosixPath(rel).parent)
-            image_files = [
-                f for f in kept if is_tiff(Path(f)) and str(PurePosixPath(f).parent) == base
-            ] if ch.image != "none" else []
+            image_files = (
+                [f for f in kept if is_tiff(Path(f)) and str(PurePosixPath(f).parent) == base]
+                if ch.image != "none"
+                else []
+            )
             if (submission / rel).is_file() and ch.image != "none":
                 image_files = kept
             if ch.image != "none":
@@ -280,7 +290,9 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
             if reason is None:
                 loose.append(f)
             else:
-                actions.append(Action("exclude", None, (f,), reason=reason, step=f"sub-{subj.label}"))
+                actions.append(
+                    Action("exclude", None, (f,), reason=reason, step=f"sub-{subj.label}")
+                )
         if loose:
             shown = ", ".join(loose[:10]) + (" ..." if len(loose) > 10 else "")
             raise PlanError(
@@ -302,7 +314,9 @@ def _merge_excludes(actions: list[Action]) -> list[Action]:
             merged.setdefault((a.step, a.reason), []).extend(a.sources)
         else:
             others.append(a)
-    excl = [Action("exclude", None, tuple(srcs), reason=r, step=s) for (s, r), srcs in merged.items()]
+    excl = [
+        Action("exclude", None, tuple(srcs), reason=r, step=s) for (s, r), srcs in merged.items()
+    ]
     return [*others, *excl]
 
 
@@ -327,8 +341,11 @@ def _metadata_actions(
         row = {"participant_id": f"sub-{s.label}"}
         row.update({c.name: c.resolve(s.groups) for c in spec.participant_columns})
         prow.append(row)
-        srow_ = {"sample_id": f"sample-{s.sample}", "participant_id": f"sub-{s.label}",
-                 "sample_type": spec.sample_type}
+        srow_ = {
+            "sample_id": f"sample-{s.sample}",
+            "participant_id": f"sub-{s.label}",
+            "sample_type": spec.sample_type,
+        }
         srow_.update({c.name: c.resolve(s.groups) for c in spec.sample_columns})
         srow.append(srow_)
     pcols = {c.name: c.meta for c in spec.participant_columns}
@@ -419,7 +436,9 @@ def apply_plan(
         raise
 
 
-def _stage(plan: Plan, submission: Path, txn: Transaction, progress: ProgressFn | None) -> Iterator[Record]:
+def _stage(
+    plan: Plan, submission: Path, txn: Transaction, progress: ProgressFn | None
+) -> Iterator[Record]:
     converts = plan.of_kind("convert")
     total = len(converts)
     done = 0
@@ -446,7 +465,7 @@ def _stage(plan: Plan, submission: Path, txn: Transaction, progress: ProgressFn 
             res = write_ome_tiff(
                 txn.stage_path(action.target),
                 src,
-                physical_size_zyx_um=tuple(p["voxel_size_zyx_um"]),  # type: ignore[arg-type]
+                physical_size_zyx_um=tuple(p["voxel_size_zyx_um"]),
                 name=p["name"],
                 kind=p["image"],
                 channel_name=p.get("channel_name"),
@@ -463,16 +482,28 @@ def _stage(plan: Plan, submission: Path, txn: Transaction, progress: ProgressFn 
                 action.target,
                 "ok",
                 f"{len(files)} file(s) -> OME-TIFF {res.shape} {res.dtype}",
-                {"pixel_hash": res.pixel_hash, "levels": [list(lv) for lv in res.levels],
-                 "sources": len(files), "step": action.step},
+                {
+                    "pixel_hash": res.pixel_hash,
+                    "levels": [list(lv) for lv in res.levels],
+                    "sources": len(files),
+                    "step": action.step,
+                },
             )
         elif action.kind == "exclude":
-            yield Record("exclude", action.sources[0] if len(action.sources) == 1 else
-                         str(PurePosixPath(action.sources[0]).parent), "notneeded",
-                         action.reason, {"files": len(action.sources)})
+            yield Record(
+                "exclude",
+                action.sources[0]
+                if len(action.sources) == 1
+                else str(PurePosixPath(action.sources[0]).parent),
+                "notneeded",
+                action.reason,
+                {"files": len(action.sources)},
+            )
         elif action.kind == "skip":
             yield Record("skip", action.step, "impossible", action.reason)
-    txn.stage_path("code/bidspack/plan.json").write_text(json_text(plan.to_dict()), encoding="utf-8")
+    txn.stage_path("code/bidspack/plan.json").write_text(
+        json_text(plan.to_dict()), encoding="utf-8"
+    )
 
 
 def step_details(action: Action) -> str:
@@ -498,8 +529,9 @@ def package(
     plan = build_plan(submission, spec)
     if dry_run:
         for a in plan:
-            yield Record("plan", a.target or ",".join(a.sources[:1]), "notneeded",
-                         a.kind, a.to_dict())
+            yield Record(
+                "plan", a.target or ",".join(a.sources[:1]), "notneeded", a.kind, a.to_dict()
+            )
         return
     yield from apply_plan(plan, submission, dataset, validate=validate, progress=progress)
 

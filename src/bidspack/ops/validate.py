@@ -45,7 +45,9 @@ def validator_command() -> list[str]:
     """
     exe = shutil.which(VALIDATOR)
     if exe is None:
-        raise ToolError(None, f"{VALIDATOR} is not installed", hint="pip install bids-validator-deno")
+        raise ToolError(
+            None, f"{VALIDATOR} is not installed", hint="pip install bids-validator-deno"
+        )
     return [exe]
 
 
@@ -81,26 +83,42 @@ def _validator_records(report: dict[str, Any]) -> Iterator[Record]:
             if issue.get("severity") == "error":
                 msg = (issue.get("issueMessage") or "").strip().splitlines()
                 yield Record(
-                    "validate", path or ".", "error",
+                    "validate",
+                    path or ".",
+                    "error",
                     f"{code}" + (f": {msg[0]}" if msg else ""),
-                    {"validator": VALIDATOR, "code": issue.get("code"),
-                     "subCode": issue.get("subCode"), "severity": "error"},
+                    {
+                        "validator": VALIDATOR,
+                        "code": issue.get("code"),
+                        "subCode": issue.get("subCode"),
+                        "severity": "error",
+                    },
                 )
             else:
                 warnings[code].append(path or ".")
         for code, paths in sorted(warnings.items()):
             yield Record(
-                "validate", prefix or ".", "ok", f"warning {code} ({len(paths)} file(s))",
-                {"validator": VALIDATOR, "code": code, "severity": "warning",
-                 "paths": sorted(set(paths))[:20]},
+                "validate",
+                prefix or ".",
+                "ok",
+                f"warning {code} ({len(paths)} file(s))",
+                {
+                    "validator": VALIDATOR,
+                    "code": code,
+                    "severity": "warning",
+                    "paths": sorted(set(paths))[:20],
+                },
             )
 
 
 def _image_files(dataset: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(dataset):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "sourcedata"
-                             and not d.endswith(".ome.zarr"))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and d != "sourcedata" and not d.endswith(".ome.zarr")
+        )
         rel = Path(dirpath).relative_to(dataset)
         if rel.parts and rel.parts[0] == "code":
             continue
@@ -115,7 +133,9 @@ def check_samples(dataset: Path) -> Iterator[Record]:
     used: set[tuple[str, str]] = set()
     for dirpath, dirnames, filenames in os.walk(dataset):
         rel = Path(dirpath).relative_to(dataset)
-        if rel.parts and (rel.parts[0].startswith(".") or rel.parts[0] in ("sourcedata", "code", "derivatives")):
+        if rel.parts and (
+            rel.parts[0].startswith(".") or rel.parts[0] in ("sourcedata", "code", "derivatives")
+        ):
             dirnames[:] = []
             continue
         for f in filenames + [d for d in dirnames if d.endswith(".ome.zarr")]:
@@ -126,21 +146,38 @@ def check_samples(dataset: Path) -> Iterator[Record]:
         return
     tsv = dataset / "samples.tsv"
     if not tsv.is_file():
-        yield Record("validate", "samples.tsv", "error",
-                     "samples.tsv is missing but files use the sample entity", {"check": "samples"})
+        yield Record(
+            "validate",
+            "samples.tsv",
+            "error",
+            "samples.tsv is missing but files use the sample entity",
+            {"check": "samples"},
+        )
         return
     rows = read_tsv(tsv)
     pairs = {(r.get("sample_id", ""), r.get("participant_id", "")) for r in rows}
     for sample, sub in sorted(used - pairs):
-        yield Record("validate", "samples.tsv", "error",
-                     f"no row for {sample} of {sub}", {"check": "samples"})
+        yield Record(
+            "validate",
+            "samples.tsv",
+            "error",
+            f"no row for {sample} of {sub}",
+            {"check": "samples"},
+        )
     ptsv = dataset / "participants.tsv"
     participants = {r.get("participant_id") for r in read_tsv(ptsv)} if ptsv.is_file() else set()
     for _, sub in sorted(pairs):
         if sub not in participants:
-            yield Record("validate", "samples.tsv", "error",
-                         f"{sub} is not listed in participants.tsv", {"check": "samples"})
-    yield Record("validate", "samples.tsv", "ok", f"{len(used)} sample(s) consistent", {"check": "samples"})
+            yield Record(
+                "validate",
+                "samples.tsv",
+                "error",
+                f"{sub} is not listed in participants.tsv",
+                {"check": "samples"},
+            )
+    yield Record(
+        "validate", "samples.tsv", "ok", f"{len(used)} sample(s) consistent", {"check": "samples"}
+    )
 
 
 def check_pixel_sizes(dataset: Path) -> Iterator[Record]:
@@ -153,7 +190,9 @@ def check_pixel_sizes(dataset: Path) -> Iterator[Record]:
             with tifffile.TiffFile(path) as tif:
                 xml = tif.ome_metadata
         except Exception as exc:
-            yield Record("validate", rel, "error", f"unreadable OME-TIFF: {exc}", {"check": "pixelsize"})
+            yield Record(
+                "validate", rel, "error", f"unreadable OME-TIFF: {exc}", {"check": "pixelsize"}
+            )
             continue
         if not xml:
             yield Record("validate", rel, "error", "no OME-XML in the file", {"check": "pixelsize"})
@@ -164,24 +203,39 @@ def check_pixel_sizes(dataset: Path) -> Iterator[Record]:
             yield Record("validate", rel, "error", str(exc), {"check": "pixelsize"})
             continue
         if not sidecar.is_file():
-            yield Record("validate", rel, "error", "no JSON sidecar next to the image", {"check": "pixelsize"})
+            yield Record(
+                "validate",
+                rel,
+                "error",
+                "no JSON sidecar next to the image",
+                {"check": "pixelsize"},
+            )
             continue
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         size = meta.get("PixelSize")
         unit = meta.get("PixelSizeUnits")
         factor = {"um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit or "")
         if ome_zyx is None or not isinstance(size, list) or factor is None:
-            yield Record("validate", rel, "error",
-                         "PixelSize/PixelSizeUnits or OME-XML physical sizes missing", {"check": "pixelsize"})
+            yield Record(
+                "validate",
+                rel,
+                "error",
+                "PixelSize/PixelSizeUnits or OME-XML physical sizes missing",
+                {"check": "pixelsize"},
+            )
             continue
         side_xyz = [float(v) * factor for v in size]
         ome_xyz = [ome_zyx[2], ome_zyx[1], ome_zyx[0]][: len(side_xyz)]
         if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(side_xyz, ome_xyz, strict=True)):
             yield Record("validate", rel, "ok", "PixelSize matches OME-XML", {"check": "pixelsize"})
         else:
-            yield Record("validate", rel, "error",
-                         f"sidecar PixelSize {side_xyz} um (x, y, z) != OME-XML {ome_xyz} um",
-                         {"check": "pixelsize"})
+            yield Record(
+                "validate",
+                rel,
+                "error",
+                f"sidecar PixelSize {side_xyz} um (x, y, z) != OME-XML {ome_xyz} um",
+                {"check": "pixelsize"},
+            )
 
 
 def validate_dataset(dataset: Path, *, recursive: bool = True) -> Iterator[Record]:

@@ -52,7 +52,7 @@ def dataset_lock(dataset: Path) -> Iterator[Path]:
     state = dataset / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     lock_path = state / "lock"
-    fh = open(lock_path, "a+")
+    fh = open(lock_path, "a+")  # noqa: SIM115 - held for the whole block
     try:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,7 +107,9 @@ class Transaction:
 
     def staged(self) -> list[str]:
         """Dataset-relative paths of every staged file, sorted."""
-        return sorted(p.relative_to(self.tree).as_posix() for p in self.tree.rglob("*") if p.is_file())
+        return sorted(
+            p.relative_to(self.tree).as_posix() for p in self.tree.rglob("*") if p.is_file()
+        )
 
     def commit(self) -> list[str]:
         """Journal, mark committed, and rename every staged file into the dataset.
