@@ -144,7 +144,7 @@ def test_non_empty_output_is_refused(example, tmp_path: Path) -> None:
     (out / "keep.txt").write_text("user data")
     before = snapshot(out)
     proc = run_cli("package", str(sub), str(out), "--spec", str(spec))
-    assert proc.returncode == 1 and "exists and is not empty" in proc.stderr
+    assert proc.returncode == 1 and "is not empty and is not a bidspack dataset" in proc.stderr
     assert snapshot(out) == before
 
 

@@ -38,8 +38,13 @@ def _submission(tmp_path: Path, data: np.ndarray, *, ome: bool) -> Path:
         (tmp_path / "sl").mkdir()
         for z, plane in enumerate(data):
             tifffile.imwrite(tmp_path / "sl" / f"z{z}.tif", plane)
-        write_ome_tiff(sub / "mouse1" / "stack.ome.tif", SliceFolder(tmp_path / "sl"),
-                       physical_size_zyx_um=(2.0, 0.5, 0.5), name="s", workdir=tmp_path / "w")
+        write_ome_tiff(
+            sub / "mouse1" / "stack.ome.tif",
+            SliceFolder(tmp_path / "sl"),
+            physical_size_zyx_um=(2.0, 0.5, 0.5),
+            name="s",
+            workdir=tmp_path / "w",
+        )
     else:
         tifffile.imwrite(sub / "mouse1" / "conf" / "stack.tif", data, photometric="minisblack")
     return sub

@@ -47,6 +47,18 @@ def map_errors(func: F) -> F:
                 f"[bold red]Error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True
             )
             sys.exit(exc.exit_code if exc.exit_code else 1)
+        except OSError as exc:
+            # disk full, permission denied ...: the environment, not a bug; no traceback
+            if debug_enabled():
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            err_console.print(
+                f"[bold red]Error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True
+            )
+            err_console.print(
+                "the step in progress was not committed, or will be finished by 'bidspack recover'"
+            )
+            sys.exit(1)
         except KeyboardInterrupt:
             err_console.print(
                 "[bold red]Interrupted[/]: nothing was committed by the step in progress"

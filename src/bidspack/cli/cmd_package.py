@@ -27,6 +27,11 @@ from bidspack.spec import load_spec
     "--dry-run", is_flag=True, help="Print the plan (every input file and its fate); write nothing."
 )
 @click.option("--no-validate", is_flag=True, help="Skip the final validation (not recommended).")
+@click.option(
+    "--no-recover",
+    is_flag=True,
+    help="Refuse to run if an interrupted run left unfinished transactions.",
+)
 @json_option
 @map_errors
 def package_cmd(
@@ -35,12 +40,14 @@ def package_cmd(
     spec_path: Path,
     dry_run: bool,
     no_validate: bool,
+    no_recover: bool,
     as_json: bool,
 ) -> None:
     """Package a microscopy SUBMISSION folder into a BIDS DATASET.
 
-    The submission is only read. Outputs are staged under DATASET/.bidspack/ and
-    committed only when every step and the final validation succeeded.
+    The submission is only read. Each step (one subject's channel folder, then the
+    dataset metadata) is staged under DATASET/.bidspack/txn/ and committed atomically;
+    re-running after a crash keeps finished steps (notneeded) and does the rest.
     """
     spec = load_spec(spec_path)
     show = not as_json and not dry_run and sys.stderr.isatty()
@@ -60,7 +67,13 @@ def package_cmd(
             )
 
         records = package(
-            submission, dataset, spec, dry_run=dry_run, validate=not no_validate, progress=progress
+            submission,
+            dataset,
+            spec,
+            dry_run=dry_run,
+            validate=not no_validate,
+            progress=progress,
+            recover_first=not no_recover,
         )
         counts = render(
             records,

@@ -7,6 +7,7 @@ import click
 from bidspack import __version__
 from bidspack.cli.cmd_demo import demo_cmd
 from bidspack.cli.cmd_package import package_cmd
+from bidspack.cli.cmd_recover import recover_cmd
 from bidspack.cli.cmd_validate import validate_cmd
 
 
@@ -22,6 +23,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 cli.add_command(package_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(demo_cmd)
+cli.add_command(recover_cmd)
 
 
 def main() -> None:

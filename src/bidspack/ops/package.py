@@ -21,13 +21,15 @@ from bidspack.bids import metadata
 from bidspack.bids.paths import micr_path
 from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text, write_text
-from bidspack.errors import BidspackError, OutputError, PlanError, SpecError, ValidationFailed
+from bidspack.errors import BidspackError, OutputError, PlanError, SpecError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.sources import ImageSource, SliceFolder, TiffStack, is_tiff
 from bidspack.plan import Action, Plan
 from bidspack.records import Record
 from bidspack.spec import Channel, PackagingSpec
-from bidspack.txn import Transaction, dataset_lock
+from bidspack.txn import Transaction, dataset_lock, recover
+from bidspack.txn.steps import fingerprint, hash_inputs, load_record, record_path, text_xxh3
+from bidspack.txn.transaction import STATE_DIR, pending
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -374,6 +376,19 @@ def _metadata_actions(
     return acts
 
 
+def _steps(plan: Plan) -> list[tuple[str, list[Action]]]:
+    """Group the plan's actions by step, channel steps first and ``dataset`` last."""
+    groups: dict[str, list[Action]] = {}
+    for a in plan:
+        groups.setdefault(a.step, []).append(a)
+    order = [s for s in groups if s != "dataset"] + (["dataset"] if "dataset" in groups else [])
+    return [(s, groups[s]) for s in order]
+
+
+def _is_bidspack_dataset(dataset: Path) -> bool:
+    return (dataset / STATE_DIR / "steps").is_dir()
+
+
 def apply_plan(
     plan: Plan,
     submission: Path,
@@ -381,78 +396,180 @@ def apply_plan(
     *,
     validate: bool = True,
     progress: ProgressFn | None = None,
+    recover_first: bool = True,
 ) -> Iterator[Record]:
-    """Carry out *plan*: stage all outputs, validate the staged dataset, commit.
+    """Carry out *plan* as transactional steps, then validate the dataset.
 
-    The dataset folder must not exist or be empty. On any error nothing is committed,
-    the staging area is removed, and a dataset folder that did not exist before is
-    removed again; the submission is only read.
+    Each step (one subject's channel folder, then the dataset-level metadata) is staged
+    and committed atomically with its step record (:mod:`bidspack.txn.steps`); a step
+    whose inputs and parameters are unchanged is ``notneeded``. An error inside a step
+    leaves the dataset as before that step; a dataset folder created by this run is
+    removed again if no step was committed. The submission is only read.
 
-    Yields one :class:`Record` per action, then the validation records.
+    The dataset folder must be new, empty, or a bidspack dataset (re-run / resume).
+    Unfinished transactions are recovered first (``recover_first``) or refused.
+
+    Yields one record per step action, ``notneeded`` records for finished steps, then
+    the validation records (an error record per validation error).
 
     Raises:
-        OutputError: the dataset folder exists and is not empty.
-        BidspackError: any error of the steps (after cleaning up).
+        OutputError: the folder is neither new, empty nor a bidspack dataset; another
+            process holds the dataset lock; unfinished transactions and
+            ``recover_first`` is false.
+        BidspackError: any error of a step (after cleaning up that step).
     """
     submission = Path(submission)
     dataset = Path(dataset)
     created = not dataset.exists()
-    had_state = (dataset / ".bidspack").exists()
+    had_state = (dataset / STATE_DIR).exists()
     if not created:
         if not dataset.is_dir():
             raise OutputError(dataset, "exists and is not a folder")
-        if any(p.name != ".bidspack" for p in dataset.iterdir()):
+        if not _is_bidspack_dataset(dataset) and any(
+            p.name != STATE_DIR for p in dataset.iterdir()
+        ):
             raise OutputError(
-                dataset, "exists and is not empty", hint="choose a new or empty output folder"
+                dataset,
+                "exists, is not empty and is not a bidspack dataset",
+                hint="choose a new or empty output folder",
             )
+    committed = 0
     try:
         with dataset_lock(dataset):
-            txn = Transaction(dataset)
-            try:
-                yield from _stage(plan, submission, txn, progress)
-                if validate:
-                    from bidspack.ops.validate import validate_dataset
-
-                    nerr = 0
-                    for rec in validate_dataset(txn.tree):
-                        nerr += rec.status == "error"
-                        yield rec
-                    if nerr:
-                        raise ValidationFailed(
-                            dataset,
-                            f"the packaged dataset has {nerr} validation error(s); "
-                            "nothing was written",
-                        )
-                puts = txn.commit()
-                yield Record("commit", ".", "ok", f"{len(puts)} files committed")
-            except BaseException:
-                txn.abort()
-                raise
+            yield from recover_records(dataset, recover_first=recover_first)
+            steps = _steps(plan)
+            total = sum(1 for _, acts in steps if any(a.kind == "convert" for a in acts))
+            done = 0
+            for step, actions in steps:
+                status = "notneeded"
+                for rec in _run_step(
+                    step, actions, plan, submission, dataset, progress, (done, total)
+                ):
+                    status = rec.status if rec.status != "notneeded" else status
+                    yield rec
+                committed += status == "ok"
+                done += any(a.kind == "convert" for a in actions)
     except BaseException:
-        if created:
+        if created and committed == 0:
             shutil.rmtree(dataset, ignore_errors=True)
-        elif not had_state:
-            shutil.rmtree(dataset / ".bidspack", ignore_errors=True)
+        elif not had_state and committed == 0:
+            shutil.rmtree(dataset / STATE_DIR, ignore_errors=True)
         raise
+    if validate:
+        from bidspack.ops.validate import validate_dataset
+
+        yield from validate_dataset(dataset)
+
+
+def recover_records(dataset: Path, *, recover_first: bool = True) -> Iterator[Record]:
+    """Recover unfinished transactions of *dataset* (lock held by the caller).
+
+    Raises:
+        OutputError: there are unfinished transactions and *recover_first* is false.
+    """
+    waiting = pending(dataset)
+    if waiting and not recover_first:
+        raise OutputError(
+            dataset,
+            f"{len(waiting)} unfinished transaction(s) from an interrupted run",
+            hint="run 'bidspack recover DATASET' first",
+        )
+    for txn_id, what in recover(dataset):
+        yield Record("recover", f"{STATE_DIR}/txn/{txn_id}", "ok", what)
+
+
+def _run_step(
+    step: str,
+    actions: list[Action],
+    plan: Plan,
+    submission: Path,
+    dataset: Path,
+    progress: ProgressFn | None,
+    counter: tuple[int, int],
+) -> Iterator[Record]:
+    """Run one step as one transaction (or report it ``notneeded``)."""
+    for a in actions:
+        if a.kind == "exclude":
+            yield Record(
+                "exclude",
+                a.sources[0] if len(a.sources) == 1 else str(PurePosixPath(a.sources[0]).parent),
+                "notneeded",
+                a.reason,
+                {"files": len(a.sources), "step": step},
+            )
+        elif a.kind == "skip":
+            yield Record("skip", a.step, "impossible", a.reason)
+    work = [a for a in actions if a.kind in ("write", "copy", "convert")]
+    if step == "dataset":
+        work.append(Action("write", "code/bidspack/plan.json", content=json_text(plan.to_dict())))
+    if not work:
+        return
+    previous = load_record(dataset, step)
+    inputs = hash_inputs(submission, [s for a in work for s in a.sources], previous)
+    described = [
+        {**a.to_dict(), **({"content_xxh3": text_xxh3(a.content)} if a.content else {})}
+        for a in work
+    ]
+    fp = fingerprint(described, inputs)
+    targets = [a.target for a in work if a.target]
+    if (
+        previous
+        and previous.get("fingerprint") == fp
+        and all((dataset / t).exists() for t in targets)
+    ):
+        yield Record(
+            "step",
+            step,
+            "notneeded",
+            "inputs and parameters unchanged",
+            {"fingerprint": fp, "outputs": len(targets)},
+        )
+        return
+    txn = Transaction(dataset)
+    try:
+        records = list(_stage(work, submission, txn, progress, counter))
+        for old in (previous or {}).get("outputs", []):
+            if old not in targets and (dataset / old).exists():
+                txn.delete(old)
+        rec_path = txn.stage_path(record_path(step))
+        rec_path.write_text(
+            json_text({"step": step, "fingerprint": fp, "outputs": targets, "inputs": inputs}),
+            encoding="utf-8",
+        )
+        txn.commit()
+    except BaseException:
+        txn.abort()
+        raise
+    yield from records
+    yield Record(
+        "step",
+        step,
+        "ok",
+        f"committed {len(targets)} file(s)",
+        {"fingerprint": fp, "transaction": txn.id},
+    )
 
 
 def _stage(
-    plan: Plan, submission: Path, txn: Transaction, progress: ProgressFn | None
+    work: list[Action],
+    submission: Path,
+    txn: Transaction,
+    progress: ProgressFn | None,
+    counter: tuple[int, int],
 ) -> Iterator[Record]:
-    converts = plan.of_kind("convert")
-    total = len(converts)
-    done = 0
-    for action in plan:
+    done, total = counter
+    for action in work:
+        assert action.target is not None
         if action.kind == "write":
-            assert action.target is not None and action.content is not None
+            assert action.content is not None
             write_text(txn.stage_path(action.target), action.content)
-            yield Record("write", action.target, "ok", step_details(action))
+            yield Record("write", action.target, "ok", "metadata", {"step": action.step})
         elif action.kind == "copy":
-            assert action.target is not None
             shutil.copyfile(submission / action.sources[0], txn.stage_path(action.target))
-            yield Record("copy", action.target, "ok", f"from {action.sources[0]}")
+            yield Record(
+                "copy", action.target, "ok", f"from {action.sources[0]}", {"step": action.step}
+            )
         elif action.kind == "convert":
-            assert action.target is not None
             p = action.params
             files = [submission / s for s in action.sources]
             src: ImageSource
@@ -474,9 +591,8 @@ def _stage(
                 tile=p["tile"],
                 workdir=txn.workdir(),
             )
-            done += 1
             if progress:
-                progress(action.target, done, total)
+                progress(action.target, done + 1, total)
             yield Record(
                 "convert",
                 action.target,
@@ -489,26 +605,6 @@ def _stage(
                     "step": action.step,
                 },
             )
-        elif action.kind == "exclude":
-            yield Record(
-                "exclude",
-                action.sources[0]
-                if len(action.sources) == 1
-                else str(PurePosixPath(action.sources[0]).parent),
-                "notneeded",
-                action.reason,
-                {"files": len(action.sources)},
-            )
-        elif action.kind == "skip":
-            yield Record("skip", action.step, "impossible", action.reason)
-    txn.stage_path("code/bidspack/plan.json").write_text(
-        json_text(plan.to_dict()), encoding="utf-8"
-    )
-
-
-def step_details(action: Action) -> str:
-    """Short message of a write action."""
-    return f"metadata ({action.step})" if action.step != "dataset" else "metadata"
 
 
 def package(
@@ -519,6 +615,7 @@ def package(
     dry_run: bool = False,
     validate: bool = True,
     progress: ProgressFn | None = None,
+    recover_first: bool = True,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) apply a packaging run; see :func:`build_plan` and
     :func:`apply_plan`. A dry run yields one ``plan`` record per action and writes nothing.
@@ -533,7 +630,9 @@ def package(
                 "plan", a.target or ",".join(a.sources[:1]), "notneeded", a.kind, a.to_dict()
             )
         return
-    yield from apply_plan(plan, submission, dataset, validate=validate, progress=progress)
+    yield from apply_plan(
+        plan, submission, dataset, validate=validate, progress=progress, recover_first=recover_first
+    )
 
 
 __all__ = ["BidspackError", "apply_plan", "build_plan", "package"]
