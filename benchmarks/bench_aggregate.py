@@ -223,6 +223,26 @@ def aggregate_in_child(
     return result
 
 
+def codec_pass(files: list[Path], compression: str, level: int, tile: int) -> float | None:
+    """MB/s of tifffile's own encoder for *compression* (the one ``write_ome_tiff`` ends up
+    calling), one thread, on the 256 px tiles of *files*; ``None`` for no compression."""
+    if compression == "none":
+        return None
+    tag = {"zlib": 8, "lzw": 5}[compression]
+    encode = tifffile.TIFF.COMPRESSORS[tag]
+    kwargs = {"level": level} if compression == "zlib" else {}
+    planes = [tifffile.imread(p) for p in files]
+    nbytes = 0
+    t0 = time.perf_counter()
+    for plane in planes:
+        for ty in range(0, plane.shape[0], tile):
+            for tx in range(0, plane.shape[1], tile):
+                chunk = np.ascontiguousarray(plane[ty : ty + tile, tx : tx + tile])
+                encode(chunk, **kwargs)
+                nbytes += chunk.nbytes
+    return nbytes / MB / (time.perf_counter() - t0)
+
+
 def measure_depth(
     slice_dir: Path, all_files: list[Path], depth: int, work: Path, args: argparse.Namespace
 ) -> dict:
@@ -237,13 +257,15 @@ def measure_depth(
     log(f"[depth {depth}] raw decode: timed pass")
     n_warm, s_warm = decode_pass(files)
     assert n_first == n_warm == nbytes_expected
+    raw_mbs = n_warm / MB / s_warm
 
-    out = work / f"bench_z{depth}{ome_tiff_extension(shape, np.dtype(np.uint16))}"
+    ext = ome_tiff_extension(shape, np.dtype(np.uint16))
     scratch = work / f"scratch_z{depth}"
-    runs = {}
-    for verify in (True, False) if args.breakdown else (True,):
-        log(f"[depth {depth}] bidspack aggregation (verify={verify}) -> {out.name}")
-        runs[verify] = aggregate_in_child(
+
+    def run(verify: bool, i: int) -> dict:
+        out = work / f"bench_z{depth}{'' if verify else '_noverify'}{ext}"
+        log(f"[depth {depth}] bidspack aggregation {i + 1}/{args.repeat} (verify={verify})")
+        r = aggregate_in_child(
             slice_dir,
             files,
             out,
@@ -254,12 +276,20 @@ def measure_depth(
             verify=verify,
             tifffile_buffersize=tifffile_buffer_bytes(args),
         )
-        if not args.keep or not verify:
+        if not (args.keep and verify and i == args.repeat - 1):
             out.unlink()
         shutil.rmtree(scratch, ignore_errors=True)
-    r = runs[True]
-    agg_s = r["open_s"] + r["write_s"]
-    raw_mbs = n_warm / MB / s_warm
+        r["seconds"] = r["open_s"] + r["write_s"]
+        r["peak_rss_mb"] = r["peak_rss_kb"] * 1024 / MB
+        log(
+            f"[depth {depth}]   {r['seconds']:.1f} s "
+            f"({r['nbytes'] / MB / r['seconds']:.1f} MB/s), peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
+        return r
+
+    runs = [run(True, i) for i in range(args.repeat)]
+    r = runs[-1]
+    agg_s = float(np.median([x["seconds"] for x in runs]))
     agg_mbs = r["nbytes"] / MB / agg_s
     row = {
         "depth": depth,
@@ -270,13 +300,15 @@ def measure_depth(
         "raw_decode_mb_s": raw_mbs,
         "raw_decode_s": s_warm,
         "bidspack_s": agg_s,
+        "bidspack_s_runs": [x["seconds"] for x in runs],
         "bidspack_open_s": r["open_s"],
         "bidspack_write_verify_s": r["write_s"],
         "bidspack_mb_s": agg_mbs,
         "ratio_to_raw_decode": agg_mbs / raw_mbs,
-        "peak_rss_mb": r["peak_rss_kb"] * 1024 / MB,
+        "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
+        "peak_rss_mb_runs": [x["peak_rss_mb"] for x in runs],
         "rss_after_imports_mb": r["rss_after_imports_kb"] * 1024 / MB,
-        "output_file": out.name,
+        "output_file": f"bench_z{depth}{ext}",
         "output_mb": r["output_bytes"] / MB,
         "compression_ratio": r["nbytes"] / r["output_bytes"],
         "bigtiff": r["bigtiff"],
@@ -284,11 +316,11 @@ def measure_depth(
         "pixel_hash": r["pixel_hash"],
     }
     if args.breakdown:
-        nv = runs[False]
-        row["bidspack_no_verify_s"] = nv["open_s"] + nv["write_s"]
-        row["bidspack_no_verify_mb_s"] = nv["nbytes"] / MB / row["bidspack_no_verify_s"]
-        row["peak_rss_no_verify_mb"] = nv["peak_rss_kb"] * 1024 / MB
-        row["verify_s_estimate"] = r["write_s"] - nv["write_s"]
+        nv = run(False, 0)
+        row["bidspack_no_verify_s"] = nv["seconds"]
+        row["bidspack_no_verify_mb_s"] = nv["nbytes"] / MB / nv["seconds"]
+        row["peak_rss_no_verify_mb"] = nv["peak_rss_mb"]
+        row["verify_s_estimate"] = agg_s - nv["seconds"]
     log(
         f"[depth {depth}] raw {raw_mbs:.0f} MB/s, bidspack {agg_mbs:.1f} MB/s "
         f"({agg_s:.1f} s), peak RSS {row['peak_rss_mb']:.0f} MB"
@@ -379,6 +411,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(unless --depths/--size are given)",
     )
     p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="aggregation runs per depth (fresh child each); the table shows the median "
+        "time and the largest peak RSS (default 1)",
+    )
+    p.add_argument(
         "--breakdown",
         action="store_true",
         help="also run each depth with verify=False (about 1.5x the runtime) to split "
@@ -400,8 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.depths = list(QUICK_DEPTHS if args.quick else DEFAULT_DEPTHS)
     if args.size is None:
         args.size = QUICK_SIZE if args.quick else DEFAULT_SIZE
-    if min(args.depths) < 1 or args.size < 16:
-        p.error("depths must be >= 1 and size >= 16")
+    if min(args.depths) < 1 or args.size < 16 or args.repeat < 1:
+        p.error("depths and --repeat must be >= 1, size >= 16")
     return args
 
 
@@ -417,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"workdir {work}; generating up to {max(depths)} slices of {args.size}^2 uint16")
         files = ensure_slices(slice_dir, max(depths), args.size, args.seed)
         rows = [measure_depth(slice_dir, files, d, work, args) for d in depths]
+        codec_files = files[: min(8, len(files))]
+        log(f"codec baseline on {len(codec_files)} slices")
+        codec_mbs = codec_pass(codec_files, args.compression, args.level, 256)
     finally:
         if not args.keep:
             if own_workdir:
@@ -446,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['bidspack_no_verify_s']:.1f} s ({r['bidspack_no_verify_mb_s']:.1f} MB/s), "
                 f"verify ~{r['verify_s_estimate']:.1f} s"
             )
+    if codec_mbs is not None:
+        print(
+            f"codec alone: tifffile's {args.compression} encoder{level}, 256 px tiles of "
+            f"{len(codec_files)} slices, 1 thread: {codec_mbs:.1f} MB/s"
+        )
     peaks = [r["peak_rss_mb"] for r in rows]
     under = all(p < RSS_TARGET_MB for p in peaks)
     if len(rows) >= 2:
@@ -476,10 +523,12 @@ def main(argv: list[str] | None = None) -> int:
                         "tile": 256,
                         "verify": True,
                         "seed": args.seed,
+                        "repeat": args.repeat,
                         "tifffile_buffersize_bytes": tifffile_buffer_bytes(args),
                         "generator_version": GENERATOR_VERSION,
                     },
                     "results": rows,
+                    "codec_1thread_mb_s": codec_mbs,
                     "peak_rss_ratio_deepest_to_shallowest": peaks[-1] / peaks[0],
                     "all_under_rss_target": under,
                     "rss_target_mb": RSS_TARGET_MB,

@@ -8,6 +8,7 @@ from bidspack import __version__
 from bidspack.cli.cmd_demo import demo_cmd
 from bidspack.cli.cmd_package import package_cmd
 from bidspack.cli.cmd_recover import recover_cmd
+from bidspack.cli.cmd_rename import rename_cmd
 from bidspack.cli.cmd_validate import validate_cmd
 
 
@@ -24,6 +25,7 @@ cli.add_command(package_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(recover_cmd)
+cli.add_command(rename_cmd)
 
 
 def main() -> None:

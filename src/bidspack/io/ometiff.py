@@ -11,6 +11,9 @@ by Bio-Formats 6+ and read by Fiji, QuPath, napari and the BIDS validator):
   :data:`PYRAMID_MIN_SIDE` pixels.
 - IFD 0's ImageDescription holds the OME-XML (UTF-8) and is written right after the
   first IFD, inside the first 4 KiB of the file, where the BIDS validator looks for it.
+  The XML is padded with spaces to a multiple of :data:`OMEXML_BLOCK` bytes with at
+  least :data:`OMEXML_SPARE` bytes spare, so that a later edit (a subject rename
+  changes the ``Image`` name) can rewrite it in place, still inside the first 4 KiB.
 - No UUID, date or timestamp: the same input and options give byte-identical files.
 
 Classic TIFF (``.ome.tif``) is used when the uncompressed pixels of all levels fit
@@ -38,6 +41,8 @@ from bidspack.io.pixelhash import PixelHasher
 from bidspack.io.sources import ImageSource, TiffStack
 
 DEFAULT_TILE = 256
+OMEXML_BLOCK = 512
+OMEXML_SPARE = 128
 PYRAMID_MIN_SIDE = 512
 #: Classic TIFF offsets are 32-bit; keep a margin for IFDs and tag values.
 CLASSIC_TIFF_LIMIT = 2**32 - 2**26
@@ -86,6 +91,23 @@ def downsample2d(plane: np.ndarray, kind: ImageKind) -> np.ndarray:
     accf = plane.astype(np.float64)
     m = (accf[0::2, 0::2] + accf[1::2, 0::2] + accf[0::2, 1::2] + accf[1::2, 1::2]) / 4
     return m.astype(plane.dtype)
+
+
+def pad_description(xml: str, length: int | None = None) -> str:
+    """Pad OME-XML with trailing spaces (allowed after the root element) to *length*
+    bytes, or by default to a multiple of :data:`OMEXML_BLOCK` with at least
+    :data:`OMEXML_SPARE` spare bytes.
+
+    Raises:
+        ValueError: *xml* is longer than *length*.
+    """
+    xml = xml.rstrip()
+    size = len(xml.encode("utf-8"))
+    if length is None:
+        length = -(-(size + OMEXML_SPARE) // OMEXML_BLOCK) * OMEXML_BLOCK
+    if size > length:
+        raise ValueError(f"OME-XML of {size} bytes does not fit in {length}")
+    return xml + " " * (length - size)
 
 
 def _tiles(plane: np.ndarray, tile: int) -> Iterator[np.ndarray]:
@@ -169,6 +191,7 @@ def write_ome_tiff(
         physical_size_zyx_um=physical_size_zyx_um,
         channel_name=channel_name,
     )
+    xml = pad_description(xml)
     workdir.mkdir(parents=True, exist_ok=True)
     spill_paths = [workdir / f"{path.name}.level{i}.raw" for i in range(1, len(levels))]
     hasher = PixelHasher("ZYX", source.shape, dtype)

@@ -1,0 +1,293 @@
+"""``bidspack rename-subject``: rename subject labels everywhere, in one transaction.
+
+What a label touches (BIDS 1.11.1, "Common principles" and "Modality agnostic files"):
+
+- ``sub-<label>`` directories (raw, ``derivatives/*``, ``sourcedata``) and every file
+  or directory whose name carries the ``sub-<label>`` entity (``.ome.zarr`` too);
+- TSV cells: ``participants.tsv`` / ``samples.tsv`` ``participant_id``, ``*_scans.tsv``
+  file names, any cell naming the entity;
+- JSON sidecar values that hold paths: ``IntendedFor``, ``Sources``, ``RawSources``,
+  ``AssociatedEmptyRoom`` (strings and lists of strings);
+- the OME-XML ``Image`` ``Name`` of OME-TIFFs when it carries the label (the
+  ImageDescription of the first IFD, rewritten on a staged copy);
+- bidspack's own records: ``code/bidspack/plan.json`` and ``.bidspack/steps/*``.
+
+Everything is planned first (``--dry-run`` lists every change), then applied as one
+transaction (:mod:`bidspack.txn`): renames, then replaced files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tifffile
+
+from bidspack.bids.schema import is_valid_label, sanitize_label
+from bidspack.bids.tables import json_text
+from bidspack.errors import PlanError
+from bidspack.io.ometiff import pad_description
+from bidspack.records import Record
+from bidspack.txn import Transaction, dataset_lock
+from bidspack.txn.transaction import STATE_DIR
+
+PATH_KEYS = ("IntendedFor", "Sources", "RawSources", "AssociatedEmptyRoom")
+_SUB_DIR = re.compile(r"^sub-(.+)$")
+
+
+def _entity_re(label: str) -> re.Pattern[str]:
+    """``sub-<label>`` as a whole entity (followed by ``_``, ``/``, ``.`` or the end)."""
+    return re.compile(rf"(?<![0-9A-Za-z+])sub-{re.escape(label)}(?=[_/.\s]|$)")
+
+
+@dataclass
+class RenamePlan:
+    """All changes of a rename: path renames and rewritten files (dataset-relative)."""
+
+    mapping: dict[str, str]
+    renames: list[tuple[str, str]] = field(default_factory=list)
+    #: new path -> (current path, what is rewritten)
+    rewrites: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def records(self) -> Iterator[Record]:
+        """One ``plan`` record per change."""
+        for old, new in self.renames:
+            yield Record("rename", old, "notneeded", f"-> {new}", {"to": new})
+        for path, (_, kind) in sorted(self.rewrites.items()):
+            yield Record("rewrite", path, "notneeded", f"update labels in {kind}", {"kind": kind})
+
+
+def subjects(dataset: Path) -> list[str]:
+    """Subject labels of the raw dataset (from ``sub-*`` folders)."""
+    return sorted(
+        m.group(1) for p in Path(dataset).iterdir() if p.is_dir() and (m := _SUB_DIR.match(p.name))
+    )
+
+
+def read_map(path: Path) -> dict[str, str]:
+    """Read a two-column TSV (``old``, ``new``; ``sub-`` prefixes allowed, header optional).
+
+    Raises:
+        PlanError: unreadable file or a line without two columns.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PlanError(path, f"cannot read the rename map ({exc.strerror})") from exc
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        cells = line.split("\t")
+        if len(cells) != 2:
+            raise PlanError(f"{path}:{i}", "expected two tab-separated columns: old, new")
+        if i == 1 and cells[0].strip().lower() in ("old", "old_label", "from"):
+            continue
+        out[_strip(cells[0])] = _strip(cells[1])
+    return out
+
+
+def _strip(label: str) -> str:
+    label = label.strip()
+    return label[4:] if label.startswith("sub-") else label
+
+
+def build_rename_plan(dataset: Path, mapping: dict[str, str]) -> RenamePlan:
+    """Plan renaming subject labels ``old -> new`` in *dataset*.
+
+    Raises:
+        PlanError: unknown old label, invalid new label, a new label that exists
+            already (and is not renamed away) or is given twice, nothing to rename.
+    """
+    dataset = Path(dataset)
+    if not (dataset / "dataset_description.json").is_file():
+        raise PlanError(dataset, "not a BIDS dataset (no dataset_description.json)")
+    mapping = {_strip(k): _strip(v) for k, v in mapping.items() if _strip(k) != _strip(v)}
+    if not mapping:
+        raise PlanError(dataset, "nothing to rename")
+    existing = set(subjects(dataset))
+    targets: dict[str, str] = {}
+    for old, new in mapping.items():
+        if old not in existing:
+            raise PlanError(dataset, f"there is no subject sub-{old}")
+        if not is_valid_label(new):
+            raise PlanError(dataset, f"sub-{new} is not a valid BIDS label (letters, digits, +)")
+        if new in targets:
+            raise PlanError(
+                dataset, f"sub-{targets[new]} and sub-{old} would both become sub-{new}"
+            )
+        if new in existing and new not in mapping:
+            raise PlanError(dataset, f"sub-{new} exists already; renaming sub-{old} would collide")
+        targets[new] = old
+    if set(mapping) & set(mapping.values()):
+        raise PlanError(dataset, "chained or swapped renames are not supported in one run")
+    plan = RenamePlan(mapping)
+    patterns = {old: _entity_re(old) for old in mapping}
+
+    def renamed(text: str) -> str:
+        for old, new in mapping.items():
+            text = patterns[old].sub(f"sub-{new}", text)
+        return text
+
+    # Walk top-down; record a rename for each entry whose name carries an old label,
+    # the path of its parent already renamed (renames apply in order).
+    for dirpath, dirnames, filenames in os.walk(dataset):
+        rel_dir = Path(dirpath).relative_to(dataset)
+        if rel_dir.parts and rel_dir.parts[0] == STATE_DIR:
+            dirnames[:] = []
+            continue
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            rel = (rel_dir / name).as_posix()
+            new_name = renamed(name)
+            if new_name != name:
+                plan.renames.append(
+                    (
+                        renamed(rel_dir.as_posix()) + "/" + name if rel_dir.parts else name,
+                        renamed(rel),
+                    )
+                )
+            full = Path(dirpath) / name
+            if full.is_file():
+                kind = _content_kind(rel, full, patterns, renamed)
+                if kind:
+                    plan.rewrites[renamed(rel)] = (rel, kind)
+        dirnames[:] = [d for d in dirnames if not d.endswith(".ome.zarr")]
+    state = dataset / STATE_DIR / "steps"
+    if state.is_dir():
+        for p in sorted(state.iterdir()):
+            text = p.read_text(encoding="utf-8")
+            if any(pat.search(text) for pat in patterns.values()):
+                rel = p.relative_to(dataset).as_posix()
+                new_rel = f"{STATE_DIR}/steps/{renamed(p.name)}"
+                if new_rel != rel:
+                    plan.renames.append((rel, new_rel))
+                plan.rewrites[new_rel] = (rel, "bidspack step record")
+    return plan
+
+
+def _content_kind(
+    rel: str, path: Path, patterns: dict[str, re.Pattern[str]], renamed: Callable[[str], str]
+) -> str | None:
+    """What in this file carries a label, or ``None``."""
+    if rel.endswith((".ome.tif", ".ome.btf")):
+        try:
+            xml = tifffile.tiffcomment(path)
+        except Exception:
+            return None
+        text = xml.decode("utf-8", "replace") if isinstance(xml, bytes) else str(xml or "")
+        return "OME-XML Image name" if any(p.search(text) for p in patterns.values()) else None
+    if not rel.endswith((".tsv", ".json")) or path.stat().st_size > 50 << 20:
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not any(p.search(text) for p in patterns.values()):
+        return None
+    if rel.endswith(".tsv"):
+        return "TSV cells"
+    if rel.startswith("code/bidspack/"):
+        return "bidspack plan"
+    data = json.loads(text)
+    return "JSON path values" if _json_rewrite(data, renamed) != data else None
+
+
+def _json_rewrite(data: object, fn: Callable[[str], str]) -> object:
+    """Apply *fn* to the path values (:data:`PATH_KEYS`) of a sidecar, recursively."""
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            if k in PATH_KEYS:
+                out[k] = (
+                    [fn(x) if isinstance(x, str) else x for x in v]
+                    if isinstance(v, list)
+                    else (fn(v) if isinstance(v, str) else v)
+                )
+            else:
+                out[k] = _json_rewrite(v, fn)
+        return out
+    if isinstance(data, list):
+        return [_json_rewrite(x, fn) for x in data]
+    return data
+
+
+def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
+    """Apply a rename plan as one transaction (lock held), yielding records."""
+    dataset = Path(dataset)
+    patterns = {old: _entity_re(old) for old in plan.mapping}
+
+    def renamed(text: str) -> str:
+        for old, new in plan.mapping.items():
+            text = patterns[old].sub(f"sub-{new}", text)
+        return text
+
+    with dataset_lock(dataset):
+        from bidspack.ops.package import recover_records
+
+        yield from recover_records(dataset)
+        txn = Transaction(dataset)
+        try:
+            for old, new in plan.renames:
+                txn.rename(old, new)
+            for new_rel, (cur_rel, kind) in sorted(plan.rewrites.items()):
+                src = dataset / cur_rel
+                staged = txn.stage_path(new_rel)
+                if kind == "OME-XML Image name":
+                    shutil.copyfile(src, staged)
+                    _rename_in_omexml(staged, renamed)
+                elif kind == "JSON path values":
+                    data = json.loads(src.read_text(encoding="utf-8"))
+                    staged.write_text(json_text(_json_rewrite(data, renamed)), encoding="utf-8")
+                else:
+                    staged.write_text(renamed(src.read_text(encoding="utf-8")), encoding="utf-8")
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+    for old, new in plan.renames:
+        yield Record("rename", old, "ok", f"-> {new}", {"to": new})
+    for new_rel, (_, kind) in sorted(plan.rewrites.items()):
+        yield Record("rewrite", new_rel, "ok", f"updated labels in {kind}", {"kind": kind})
+
+
+def _rename_in_omexml(path: Path, renamed: Callable[[str], str]) -> None:
+    """Rewrite the OME-XML (ImageDescription of IFD 0) of *path* with *renamed*,
+    in place when it fits the space written (bidspack pads it), else appended."""
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        tag = tif.pages[0].tags[270]  # type: ignore[union-attr]
+        space = int(tag.count) - 1  # the count includes the terminating NUL
+        value = tag.value
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+        new = renamed(text.rstrip())
+        try:
+            new = pad_description(new, space)
+        except ValueError:
+            new = pad_description(new)  # longer than the space: tifffile appends it
+        tag.overwrite(new.encode("utf-8"))
+
+
+def sanitize_mapping(dataset: Path) -> dict[str, str]:
+    """``old -> sanitized`` for every subject label that is not a valid BIDS label."""
+    return {s: sanitize_label(s) for s in subjects(dataset) if not is_valid_label(s)}
+
+
+def rename_subjects(
+    dataset: Path, mapping: dict[str, str], *, dry_run: bool = False, validate: bool = True
+) -> Iterator[Record]:
+    """Plan and apply (unless *dry_run*) a subject rename, then validate.
+
+    Raises:
+        PlanError: see :func:`build_rename_plan`.
+    """
+    plan = build_rename_plan(dataset, mapping)
+    if dry_run:
+        yield from plan.records()
+        return
+    yield from apply_rename(dataset, plan)
+    if validate:
+        from bidspack.ops.validate import validate_dataset
+
+        yield from validate_dataset(dataset)
