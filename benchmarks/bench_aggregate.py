@@ -370,7 +370,7 @@ def machine_info() -> dict:
         "date": _dt.date.today().isoformat(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "memory_gb": mem / GB if mem else None,
+        "memory_gib": mem / 2**30 if mem else None,
         "python": platform.python_version(),
         "numpy": np.__version__,
         "tifffile": tifffile.__version__,
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bidspack slice-folder -> OME-TIFF aggregation; {args.size}x{args.size} uint16 slices, "
         f"{args.compression}{level}, tile 256, verify=True; {diag}"
-        f"{info['cpu_count']} CPUs, {info['memory_gb']:.0f} GB RAM, {info['date']}"
+        f"{info['cpu_count']} CPUs, {info['memory_gib']:.0f} GiB RAM, {info['date']}"
     )
     print(format_table(rows))
     if args.breakdown:
