@@ -6,8 +6,9 @@ For each stack depth this script measures, on the same synthetic slices and in o
    order, single process, after one untimed pass that warms the page cache;
 2. bidspack's aggregation throughput (``SliceFolder`` + ``write_ome_tiff`` with the
    pyramid and ``verify=True``), in MB/s of uncompressed input, and its ratio to (1);
-3. the peak RSS of the aggregation, read with ``getrusage`` inside a fresh child
-   process that does nothing else, so the parent's memory does not count.
+3. the peak RSS of the aggregation, measured inside a fresh child process that does
+   nothing else (its ``VmHWM`` on Linux, not ``ru_maxrss``: see ``_CHILD``), so the
+   parent's memory does not count.
 
 Two depths are run (default 256 and 512 slices of 2048 x 2048 uint16: 2.1 GB and
 4.3 GB) to show that peak RSS does not grow with stack depth. MB = 10**6 bytes,
@@ -145,9 +146,29 @@ def decode_pass(files: list[Path]) -> tuple[int, float]:
 
 # Runs in a fresh interpreter (python -c) so that its peak RSS is the aggregation's
 # alone. Argument: one JSON object. Prints one JSON object on the last stdout line.
+#
+# Peak RSS is VmHWM from /proc/self/status (Linux): the high-water mark of this
+# process's own address space. getrusage's ru_maxrss is also recorded but is NOT used
+# on Linux: execve() carries the parent's RSS high-water mark over into the child's
+# ru_maxrss, so a child started from a parent holding 300 MB reports ru_maxrss >= 300 MB
+# even if it never uses more than 15 MB. Elsewhere ru_maxrss is the fallback (bytes on
+# macOS, KiB on other systems).
 _CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
+
+
+def peak_kb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]), "VmHWM"
+    except OSError:
+        pass
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (ru // 1024 if sys.platform == "darwin" else ru), "ru_maxrss"
+
 
 from bidspack.io.ometiff import write_ome_tiff
 from bidspack.io.sources import SliceFolder
@@ -156,7 +177,7 @@ a = json.loads(sys.argv[1])
 if a["tifffile_buffersize"]:
     import tifffile
     tifffile.TIFF.BUFFERSIZE = a["tifffile_buffersize"]
-rss_imports_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss_imports_kb, _ = peak_kb()
 t0 = time.perf_counter()
 src = SliceFolder(Path(a["folder"]), [Path(p) for p in a["files"]])
 t1 = time.perf_counter()
@@ -167,13 +188,16 @@ res = write_ome_tiff(
     workdir=Path(a["scratch"]), verify=a["verify"],
 )
 t2 = time.perf_counter()
+peak, how = peak_kb()
 print(json.dumps({
     "open_s": t1 - t0,
     "write_s": t2 - t1,
     "nbytes": src.nbytes,
     "shape": list(src.shape),
     "rss_after_imports_kb": rss_imports_kb,
-    "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    "peak_rss_kb": peak,
+    "peak_rss_source": how,
+    "ru_maxrss_raw": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     "pixel_hash": res.pixel_hash,
     "levels": [list(lv) for lv in res.levels],
     "bigtiff": res.bigtiff,
@@ -308,6 +332,7 @@ def measure_depth(
         "peak_rss_mb": max(x["peak_rss_mb"] for x in runs),
         "peak_rss_mb_runs": [x["peak_rss_mb"] for x in runs],
         "rss_after_imports_mb": r["rss_after_imports_kb"] * 1024 / MB,
+        "peak_rss_source": r["peak_rss_source"],
         "output_file": f"bench_z{depth}{ext}",
         "output_mb": r["output_bytes"] / MB,
         "compression_ratio": r["nbytes"] / r["output_bytes"],

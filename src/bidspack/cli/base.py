@@ -33,39 +33,52 @@ def debug_enabled() -> bool:
     return flag or os.environ.get("BIDSPACK_DEBUG") == "1"
 
 
-def map_errors(func: F) -> F:
-    """Turn :class:`BidspackError` into ``Error: <path>: <reason>`` and its exit code."""
+def map_errors(func: F | None = None, *, exit_code: int | None = None) -> Any:
+    """Turn :class:`BidspackError` and :class:`OSError` into ``Error: <path>: <reason>``
+    and a non-zero exit (the error's own code, or *exit_code* when given).
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except BidspackError as exc:
-            if debug_enabled():
-                raise
-            err_console.print(
-                f"[bold red]Error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True
-            )
-            sys.exit(exc.exit_code if exc.exit_code else 1)
-        except OSError as exc:
-            # disk full, permission denied ...: the environment, not a bug; no traceback
-            if debug_enabled():
-                raise
-            where = f"{exc.filename}: " if exc.filename else ""
-            err_console.print(
-                f"[bold red]Error:[/] {where}{exc.strerror or exc}", highlight=False, soft_wrap=True
-            )
-            err_console.print(
-                "the step in progress was not committed, or will be finished by 'bidspack recover'"
-            )
-            sys.exit(1)
-        except KeyboardInterrupt:
-            err_console.print(
-                "[bold red]Interrupted[/]: nothing was committed by the step in progress"
-            )
-            sys.exit(130)
+    Usable bare (``@map_errors``) or with arguments (``@map_errors(exit_code=2)``).
+    """
 
-    return wrapper  # type: ignore[return-value]
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except BidspackError as exc:
+                if debug_enabled():
+                    raise
+                err_console.print(
+                    f"[bold red]Error:[/] {exc.message}",
+                    highlight=False,
+                    markup=True,
+                    soft_wrap=True,
+                )
+                sys.exit(exit_code or exc.exit_code or 1)
+            except OSError as exc:
+                # disk full, permission denied ...: the environment, not a bug
+                if debug_enabled():
+                    raise
+                where = f"{exc.filename}: " if exc.filename else ""
+                err_console.print(
+                    f"[bold red]Error:[/] {where}{exc.strerror or exc}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                err_console.print(
+                    "the step in progress was not committed, or will be "
+                    "finished by 'bidspack recover'"
+                )
+                sys.exit(exit_code or 1)
+            except KeyboardInterrupt:
+                err_console.print(
+                    "[bold red]Interrupted[/]: nothing was committed by the step in progress"
+                )
+                sys.exit(130)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(func) if func is not None else decorate
 
 
 def json_option(func: F) -> F:

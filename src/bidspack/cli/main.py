@@ -6,6 +6,7 @@ import click
 
 from bidspack import __version__
 from bidspack.cli.cmd_demo import demo_cmd
+from bidspack.cli.cmd_hashdiff import duplicates_cmd, hashdiff_cmd
 from bidspack.cli.cmd_package import package_cmd
 from bidspack.cli.cmd_recover import recover_cmd
 from bidspack.cli.cmd_rename import rename_cmd
@@ -26,6 +27,8 @@ cli.add_command(validate_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(recover_cmd)
 cli.add_command(rename_cmd)
+cli.add_command(hashdiff_cmd)
+cli.add_command(duplicates_cmd)
 
 
 def main() -> None:

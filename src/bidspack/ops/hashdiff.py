@@ -1,0 +1,371 @@
+"""``bidspack hashdiff A B``: compare two image folders, trees or stacks by pixel hash.
+
+Pairing (padding-insensitive):
+
+- two slice folders: slices are paired by Z index (the last number in the file name,
+  :func:`bidspack.io.sources.slice_index`), so ``Z0990.tif`` pairs with ``Z00990.tif``;
+- two trees: sub-folders are paired by their relative path, then slices as above;
+- two multi-page stack files: pages are paired by page number.
+
+Per pair, the byte hash (xxh3-128 of the file bytes, or of the page's stored segments
+for multi-page stacks) and the pixel hash (:mod:`bidspack.io.pixelhash`, axes ``YX``)
+give the class: ``identical_bytes``, ``identical_pixels`` (different encoding or
+metadata), ``different_pixels``, ``only_in_a``, ``only_in_b``, ``unreadable``.
+Differing pixels are described by the count and fraction of differing pixels, the
+maximum absolute difference and, for label images (integer planes with at most
+:data:`MAX_LABELS` distinct values), the labels present in one side only and the
+fraction of labelled (non-zero) pixels lost or gained, summed up in a verdict
+("B lost 97% of labelled pixels").
+
+Work is parallel over pairs (threads; decoding and hashing release the GIL) with a
+bounded number of pairs in flight, so memory does not grow with the number of files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import tifffile
+import xxhash
+
+from bidspack.errors import SourceError
+from bidspack.io.pixelhash import pixel_hash_array
+from bidspack.io.sources import is_tiff, slice_index
+from bidspack.io.thumbnails import diffmap_png, thumbnail_png
+
+PairStatus = Literal[
+    "identical_bytes",
+    "identical_pixels",
+    "different_pixels",
+    "only_in_a",
+    "only_in_b",
+    "unreadable",
+]
+STATUSES: tuple[PairStatus, ...] = (
+    "identical_bytes",
+    "identical_pixels",
+    "different_pixels",
+    "only_in_a",
+    "only_in_b",
+    "unreadable",
+)
+MAX_LABELS = 4096
+#: Pairs whose previews are kept for the HTML report (the rest are listed only).
+MAX_PREVIEWS = 400
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image plane of one side: a single-page file or one page of a stack file.
+
+    ``rel`` is the file path relative to the side's root (POSIX), ``page`` the page
+    number for stack files (``None`` for single-page files).
+    """
+
+    key: str
+    path: Path
+    rel: str
+    page: int | None = None
+
+    def label(self) -> str:
+        """``rel`` plus the page, for tables."""
+        return self.rel if self.page is None else f"{self.rel}#page{self.page}"
+
+
+@dataclass
+class PairResult:
+    """The comparison of one pair (one row of ``comparison_results.csv``)."""
+
+    key: str
+    status: PairStatus
+    a_path: str | None
+    b_path: str | None
+    a_bytes_xxh3: str | None = None
+    b_bytes_xxh3: str | None = None
+    a_pixel_hash: str | None = None
+    b_pixel_hash: str | None = None
+    shape_a: str | None = None
+    shape_b: str | None = None
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+    n_diff: int | None = None
+    frac_diff: float | None = None
+    max_abs_diff: float | None = None
+    is_label: bool | None = None
+    labels_only_a: list[float] | None = None
+    labels_only_b: list[float] | None = None
+    nonzero_a: int | None = None
+    nonzero_b: int | None = None
+    nonzero_lost_frac: float | None = None
+    nonzero_gained_frac: float | None = None
+    verdict: str = ""
+    error: str | None = None
+    previews: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        """Flat row for CSV/Parquet (label lists as ``;``-joined text, no previews)."""
+        d = asdict(self)
+        d.pop("previews")
+        for k in ("labels_only_a", "labels_only_b"):
+            d[k] = None if d[k] is None else ";".join(_num(v) for v in d[k])
+        return d
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+# -- collecting items -------------------------------------------------------------------------
+
+
+def _pages(path: Path) -> int:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return int(np.prod(series.shape[:-2])) if len(series.shape) > 2 else 1
+    except Exception:
+        return 1  # unreadable files are reported per pair
+
+
+def collect(root: Path) -> dict[str, Item]:
+    """Every image plane under *root* (a stack file, a slice folder or a tree), by key.
+
+    Raises:
+        SourceError: *root* does not exist, or two files of one folder have the same
+            Z index (names differing only in zero padding).
+    """
+    root = Path(root)
+    items: dict[str, Item] = {}
+    if root.is_file():
+        for i in range(_pages(root)):
+            items[f"page{i:05d}"] = Item(f"page{i:05d}", root, root.name, i)
+        return items
+    if not root.is_dir():
+        raise SourceError(root, "does not exist")
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        folder = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if folder == "." else folder + "/"
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if not is_tiff(path):
+                continue
+            rel = prefix + name
+            n = _pages(path)
+            idx = slice_index(name)
+            if n > 1 or idx is None:
+                for i in range(n):
+                    key = f"{rel}/page{i:05d}" if n > 1 else rel
+                    items[key] = Item(key, path, rel, i if n > 1 else None)
+                continue
+            key = f"{prefix}z{idx}"
+            if key in items:
+                raise SourceError(
+                    Path(dirpath),
+                    f"two files have Z index {idx}: {items[key].path.name} and {name}",
+                )
+            items[key] = Item(key, path, rel)
+    return items
+
+
+def _sort_key(key: str) -> tuple:
+    parts = key.rsplit("/", 1)
+    tail = parts[-1]
+    num = int(tail[1:]) if tail.startswith("z") and tail[1:].isdigit() else -1
+    return (parts[0] if len(parts) > 1 else "", num, key)
+
+
+# -- comparing --------------------------------------------------------------------------------
+
+
+def _byte_hash(item: Item) -> str:
+    h = xxhash.xxh3_128()
+    if item.page is None:
+        with open(item.path, "rb") as fh:
+            while chunk := fh.read(8 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+    with tifffile.TiffFile(item.path) as tif:
+        page = tif.series[0].pages[item.page]
+        assert page is not None
+        tfh = tif.filehandle
+        for off, cnt in zip(page.dataoffsets, page.databytecounts, strict=True):
+            tfh.seek(off)
+            h.update(tfh.read(cnt))
+    return h.hexdigest()
+
+
+def _decode(item: Item) -> np.ndarray:
+    if item.page is None:
+        arr = tifffile.imread(item.path, series=0, level=0)
+    else:
+        with tifffile.TiffFile(item.path) as tif:
+            page = tif.series[0].pages[item.page]
+            assert page is not None
+            arr = page.asarray()
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        arr = arr.reshape(arr.shape[-2:]) if arr.size == arr.shape[-1] * arr.shape[-2] else arr
+    return arr
+
+
+def _is_label(a: np.ndarray, b: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
+    if a.dtype.kind not in "iub" or b.dtype.kind not in "iub":
+        return False, np.empty(0), np.empty(0)
+    ua, ub = np.unique(a), np.unique(b)
+    return (len(ua) <= MAX_LABELS and len(ub) <= MAX_LABELS), ua, ub
+
+
+def compare_pair(a: Item | None, b: Item | None, *, previews: bool = True) -> PairResult:
+    """Compare one pair (either side may be missing). Never raises for bad files:
+    an unreadable file gives status ``unreadable`` with the error text."""
+    key = (a or b).key  # type: ignore[union-attr]
+    res = PairResult(key, "unreadable", a.label() if a else None, b.label() if b else None)
+    arrays: dict[str, np.ndarray] = {}
+    for side, item in (("a", a), ("b", b)):
+        if item is None:
+            continue
+        try:
+            setattr(res, f"{side}_bytes_xxh3", _byte_hash(item))
+            arr = _decode(item)
+        except Exception as exc:  # tifffile raises many types for malformed files
+            res.error = f"{side.upper()}: {item.label()}: {exc}"
+            res.verdict = f"{side.upper()} is unreadable: {exc}"
+            return res
+        arrays[side] = arr
+        setattr(res, f"{side}_pixel_hash", pixel_hash_array(arr, "YX"))
+        setattr(res, f"shape_{side}", "x".join(map(str, arr.shape)))
+        setattr(res, f"dtype_{side}", arr.dtype.name)
+    if a is None or b is None:
+        side = "a" if a is not None else "b"
+        res.status = "only_in_a" if a is not None else "only_in_b"
+        res.verdict = f"only in {side.upper()}"
+        if previews:
+            arr = arrays[side]
+            res.previews[side] = thumbnail_png(arr, label=_is_label(arr, arr)[0])
+        return res
+    A, B = arrays["a"], arrays["b"]
+    if res.a_bytes_xxh3 == res.b_bytes_xxh3:
+        res.status, res.verdict = "identical_bytes", "identical files"
+        return res
+    if res.a_pixel_hash == res.b_pixel_hash:
+        res.status, res.verdict = "identical_pixels", "same pixels, different encoding/metadata"
+        return res
+    res.status = "different_pixels"
+    if A.shape != B.shape or A.dtype != B.dtype:
+        res.verdict = f"shapes/dtypes differ: {A.shape} {A.dtype} vs {B.shape} {B.dtype}"
+        if previews:
+            res.previews = {"a": thumbnail_png(A, label=False), "b": thumbnail_png(B, label=False)}
+        return res
+    diff = A != B
+    res.n_diff = int(diff.sum())
+    res.frac_diff = res.n_diff / diff.size
+    res.max_abs_diff = float(np.abs(A.astype(np.float64) - B.astype(np.float64)).max())
+    label, ua, ub = _is_label(A, B)
+    res.is_label = label
+    if label:
+        res.labels_only_a = [float(v) for v in np.setdiff1d(ua, ub)]
+        res.labels_only_b = [float(v) for v in np.setdiff1d(ub, ua)]
+        nza, nzb = int(np.count_nonzero(A)), int(np.count_nonzero(B))
+        res.nonzero_a, res.nonzero_b = nza, nzb
+        lost = int(np.count_nonzero((A != 0) & (B == 0)))
+        gained = int(np.count_nonzero((A == 0) & (B != 0)))
+        res.nonzero_lost_frac = lost / nza if nza else 0.0
+        res.nonzero_gained_frac = gained / nza if nza else (1.0 if gained else 0.0)
+        parts = []
+        if lost:
+            parts.append(f"B lost {res.nonzero_lost_frac:.0%} of labelled pixels")
+        if gained:
+            parts.append(f"B gained {gained} labelled pixels ({res.nonzero_gained_frac:.0%})")
+        if res.labels_only_a:
+            parts.append(f"labels only in A: {_fmt_labels(res.labels_only_a)}")
+        if res.labels_only_b:
+            parts.append(f"labels only in B: {_fmt_labels(res.labels_only_b)}")
+        if not parts:
+            parts.append(f"labels changed in {res.frac_diff:.1%} of pixels")
+        res.verdict = "; ".join(parts)
+    else:
+        res.verdict = f"{res.frac_diff:.2%} of pixels differ (max |A-B| {_num(res.max_abs_diff)})"
+    if previews:
+        res.previews = {
+            "a": thumbnail_png(A, label=label),
+            "b": thumbnail_png(B, label=label),
+            "diff": diffmap_png(A, B, label=label),
+        }
+    return res
+
+
+def _fmt_labels(values: list[float]) -> str:
+    shown = ", ".join(_num(v) for v in values[:8])
+    return shown + (f" ... ({len(values)} in all)" if len(values) > 8 else "")
+
+
+@dataclass
+class HashDiff:
+    """All pair results of one comparison, in key order."""
+
+    a: Path
+    b: Path
+    results: list[PairResult]
+
+    def counts(self) -> dict[str, int]:
+        """Number of pairs per status (every status present)."""
+        out: dict[str, int] = dict.fromkeys(STATUSES, 0)
+        for r in self.results:
+            out[r.status] += 1
+        return out
+
+    @property
+    def identical(self) -> bool:
+        """True when every pair has identical bytes or pixels."""
+        return all(r.status in ("identical_bytes", "identical_pixels") for r in self.results)
+
+    def different(self) -> list[PairResult]:
+        """The pairs that are not identical."""
+        return [r for r in self.results if r.status not in ("identical_bytes", "identical_pixels")]
+
+
+def hashdiff(
+    a: Path,
+    b: Path,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> HashDiff:
+    """Compare *a* and *b* (see module docstring).
+
+    Raises:
+        SourceError: a side does not exist or has two files with one Z index.
+    """
+    items_a, items_b = collect(Path(a)), collect(Path(b))
+    keys = sorted(set(items_a) | set(items_b), key=_sort_key)
+    workers = workers or os.cpu_count() or 1
+    results: list[PairResult] = []
+    shown = 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        window = workers * 4
+        for start in range(0, len(keys), window):
+            chunk = keys[start : start + window]
+            futs = [pool.submit(compare_pair, items_a.get(k), items_b.get(k)) for k in chunk]
+            for fut in futs:
+                res = fut.result()
+                if res.previews:
+                    shown += 1
+                    if shown > MAX_PREVIEWS:
+                        res.previews = {}
+                results.append(res)
+            if progress:
+                progress(len(results), len(keys))
+    return HashDiff(Path(a), Path(b), results)
+
+
+def iter_rows(diff: HashDiff) -> Iterator[dict[str, Any]]:
+    """Rows of ``comparison_results.csv``."""
+    for r in diff.results:
+        yield r.row()

@@ -1,0 +1,1 @@
+"""Report writers: tables (CSV, Parquet), JSON summaries and self-contained HTML."""
