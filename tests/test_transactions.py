@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import tifffile
@@ -88,7 +89,7 @@ class PackageStep:
     def __init__(self, example_source: tuple[Path, Path]):
         self.source = example_source
 
-    _packaged: dict[Path, Path] = {}  # example submission -> its packaged dataset (cache)
+    _packaged: ClassVar[dict[Path, Path]] = {}  # example submission -> packaged dataset
 
     def setup(self, tmp: Path) -> Path:
         sub, spec = self.source
