@@ -205,3 +205,43 @@ def test_duplicates_across_names_and_formats(realdata: Path, tmp_path: Path) -> 
     assert [[f.path for f in g] for g in groups] == [
         ["first.tif", "x/renamed_zlib.tiff", "x/stack.ome.tif", "x/y/as.png"]
     ]
+
+
+def test_spec_cites_report_as_exclusion_evidence(example, tmp_path: Path) -> None:
+    from bidspack.ops.package import package
+    from bidspack.report.hashdiff_report import keep_in_dataset
+    from test_package import validator_errors
+
+    sub, spec = example
+    subj = next(p for p in sub.iterdir() if p.name.startswith("210810_45670"))
+    diff = hashdiff(subj / "atlaslabel_def_origspace", subj / "atlaslabel_def_origspace_masked")
+    write_outputs(diff, spec.parent / "hd")
+    text = spec.read_text().replace(
+        'path = "*/atlaslabel_def_origspace_masked"',
+        'path = "*/atlaslabel_def_origspace_masked"\nevidence = "hd/summary.json"',
+    )
+    spec.write_text(text)
+    from bidspack.spec import load_spec
+
+    ds = tmp_path / "ds"
+    recs = list(package(sub, ds, load_spec(spec)))
+    assert not [r for r in recs if r.status == "error"]
+    ev = (
+        ds
+        / "code/bidspack/evidence/exclude0_atlaslabel_def_origspace_vs_atlaslabel_def_origspace_masked"
+    )
+    assert json.loads((ev / "summary.json").read_text())["counts"]["different_pixels"] == 2
+    assert (ev / "report.html").is_file()
+    excl = [r for r in recs if r.action == "exclude"]
+    assert excl and all("evidence: code/bidspack/evidence/exclude0_" in r.message for r in excl)
+    assert validator_errors(ds) == []
+    # a report can also be kept in the dataset afterwards, as one transaction
+    kept = keep_in_dataset(diff, ds)
+    assert (kept / "summary.json").is_file() and not list((ds / ".bidspack/txn").iterdir())
+    # a bad citation is a spec error naming the key
+    spec.write_text(text.replace("hd/summary.json", "hd/nope.json"))
+    from bidspack.errors import SpecError
+
+    with pytest.raises(SpecError) as exc:
+        load_spec(spec)
+    assert exc.value.location == "exclude[0].evidence"

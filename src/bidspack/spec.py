@@ -71,10 +71,12 @@ class Channel:
 
 @dataclass(frozen=True)
 class Exclude:
-    """Files excluded on purpose: a submission-relative glob and the reason."""
+    """Files excluded on purpose: a submission-relative glob, the reason, and optionally
+    a hashdiff ``summary.json`` (absolute path, validated) cited as evidence."""
 
     path: str
     reason: str
+    evidence: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,22 @@ def _fmt_path(path: list[str | int]) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
+
+
+def _evidence(spec_path: Path, entry: dict[str, Any], i: int, fail: Any) -> Path | None:
+    """Resolve and check an exclude's hashdiff evidence (a valid summary.json)."""
+    if "evidence" not in entry:
+        return None
+    ev = (spec_path.parent / entry["evidence"]).resolve()
+    loc: list[str | int] = ["exclude", i, "evidence"]
+    try:
+        doc = json.loads(ev.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise fail(loc, f"cannot read hashdiff summary {entry['evidence']}: {exc}") from exc
+    errors = list(jsonschema.Draft202012Validator(load_schema("hashdiff")).iter_errors(doc))
+    if errors:
+        raise fail(loc, f"{entry['evidence']} is not a hashdiff summary: {errors[0].message}")
+    return ev
 
 
 def load_spec(path: Path) -> PackagingSpec:
@@ -277,7 +295,10 @@ def load_spec(path: Path) -> PackagingSpec:
         participant_columns=columns("participants"),
         sample_columns=columns("samples"),
         channels=tuple(channels),
-        excludes=tuple(Exclude(e["path"].strip("/"), e["reason"]) for e in doc.get("exclude", [])),
+        excludes=tuple(
+            Exclude(e["path"].strip("/"), e["reason"], _evidence(path, e, i, fail))
+            for i, e in enumerate(doc.get("exclude", []))
+        ),
         output={
             "compression": "zlib",
             "compression_level": 6,

@@ -15,7 +15,7 @@ from bidspack.cli.base import json_option, map_errors
 from bidspack.errors import OutputError
 from bidspack.ops.duplicates import find_duplicates
 from bidspack.ops.hashdiff import hashdiff
-from bidspack.report.hashdiff_report import summary, write_outputs
+from bidspack.report.hashdiff_report import keep_in_dataset, summary, write_outputs
 
 
 @click.command("hashdiff")
@@ -28,11 +28,23 @@ from bidspack.report.hashdiff_report import summary, write_outputs
     help="Folder for the reports (default: ./hashdiff_<A>_vs_<B>).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the reports in an existing --out folder.")
+@click.option(
+    "--dataset",
+    type=click.Path(path_type=Path),
+    help="Keep the reports inside this bidspack dataset, under "
+    "code/bidspack/hashdiff/<A>_vs_<B>/ (one transaction).",
+)
 @click.option("--workers", type=int, default=None, help="Parallel workers (default: CPU count).")
 @json_option
 @map_errors(exit_code=2)
 def hashdiff_cmd(
-    a: Path, b: Path, out: Path | None, overwrite: bool, workers: int | None, as_json: bool
+    a: Path,
+    b: Path,
+    out: Path | None,
+    overwrite: bool,
+    dataset: Path | None,
+    workers: int | None,
+    as_json: bool,
 ) -> None:
     """Compare image folders, trees or stacks A and B by pixel hash.
 
@@ -41,8 +53,10 @@ def hashdiff_cmd(
     different.csv/.parquet, summary.json and a self-contained report.html.
     Exit code: 0 identical, 1 different, 2 error.
     """
+    if dataset is not None and out is not None:
+        raise OutputError(out, "give either --out or --dataset")
     out = out or Path(f"hashdiff_{a.name}_vs_{b.name}")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if dataset is None and out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputError(out, "exists and is not empty", hint="use --overwrite or another --out")
     show = not as_json and sys.stderr.isatty()
     with Progress(transient=True, disable=not show) as bar:
@@ -50,7 +64,11 @@ def hashdiff_cmd(
         diff = hashdiff(
             a, b, workers=workers, progress=lambda d, t: bar.update(task, completed=d, total=t)
         )
-    paths = write_outputs(diff, out)
+    if dataset is not None:
+        out = keep_in_dataset(diff, dataset)
+        paths = {"report": out / "report.html"}
+    else:
+        paths = write_outputs(diff, out)
     summ = summary(diff)
     if as_json:
         click.echo(json.dumps({**summ, "out": str(out)}, ensure_ascii=False))

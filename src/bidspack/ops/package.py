@@ -9,6 +9,7 @@ OME-TIFF layout of :mod:`bidspack.io.ometiff`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -185,7 +186,13 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
     submission = Path(submission)
     if not submission.is_dir():
         raise PlanError(submission, "submission folder does not exist or is not a folder")
-    patterns = [(_glob_regex(e.path), e.reason) for e in spec.excludes]
+    patterns = [
+        (
+            _glob_regex(e.path),
+            e.reason + (f" (evidence: code/bidspack/evidence/exclude{i}_*)" if e.evidence else ""),
+        )
+        for i, e in enumerate(spec.excludes)
+    ]
 
     def excluded(rel: str) -> str | None:
         parts = PurePosixPath(rel).parts
@@ -361,6 +368,22 @@ def _metadata_actions(
         Action("write", "samples.json", content=sjson),
         Action("write", "code/bidspack/" + spec.source.name, content=spec.text),
     ]
+    for i, ex in enumerate(spec.excludes):
+        if ex.evidence is None:
+            continue
+        summ = json.loads(ex.evidence.read_text(encoding="utf-8"))
+        folder = f"code/bidspack/evidence/exclude{i}_{summ['a']}_vs_{summ['b']}"
+        for name in ("summary.json", "different.csv", "report.html"):
+            f = ex.evidence.parent / name
+            if f.is_file():
+                acts.append(
+                    Action(
+                        "write",
+                        f"{folder}/{name}",
+                        content=f.read_text(encoding="utf-8"),
+                        reason=f"evidence for excluding {ex.path}",
+                    )
+                )
     for pipeline, has_extras in sorted(pipelines.items()):
         acts.append(
             Action(

@@ -170,6 +170,33 @@ def render_html(diff: HashDiff) -> str:
     return "\n".join(parts)
 
 
+def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
+    """Write the outputs into *dataset* under ``code/bidspack/hashdiff/<A>_vs_<B>/`` as
+    one transaction (replacing an earlier report of the same pair); return that folder.
+
+    Raises:
+        OutputError: *dataset* is not a BIDS dataset, or is locked by another process.
+    """
+    from bidspack.errors import OutputError
+    from bidspack.ops.package import recover_records
+    from bidspack.txn import Transaction, dataset_lock
+
+    dataset = Path(dataset)
+    if not (dataset / "dataset_description.json").is_file():
+        raise OutputError(dataset, "not a BIDS dataset (no dataset_description.json)")
+    rel = f"code/bidspack/hashdiff/{diff.a.name}_vs_{diff.b.name}"
+    with dataset_lock(dataset):
+        list(recover_records(dataset))
+        txn = Transaction(dataset)
+        try:
+            write_outputs(diff, txn.stage_dir(rel))
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+    return dataset / rel
+
+
 def load_summary(path: Path) -> dict[str, Any]:
     """Read a summary.json (e.g. cited by a packaging spec)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
