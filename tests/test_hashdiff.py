@@ -226,10 +226,8 @@ def test_spec_cites_report_as_exclusion_evidence(example, tmp_path: Path) -> Non
     ds = tmp_path / "ds"
     recs = list(package(sub, ds, load_spec(spec)))
     assert not [r for r in recs if r.status == "error"]
-    ev = (
-        ds
-        / "code/bidspack/evidence/exclude0_atlaslabel_def_origspace_vs_atlaslabel_def_origspace_masked"
-    )
+    pair = "atlaslabel_def_origspace_vs_atlaslabel_def_origspace_masked"
+    ev = ds / f"code/bidspack/evidence/exclude0_{pair}"
     assert json.loads((ev / "summary.json").read_text())["counts"]["different_pixels"] == 2
     assert (ev / "report.html").is_file()
     excl = [r for r in recs if r.action == "exclude"]
