@@ -23,6 +23,7 @@ bounded number of pairs in flight, so memory does not grow with the number of fi
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -157,9 +158,11 @@ def collect(root: Path) -> dict[str, Item]:
             if not is_tiff(path):
                 continue
             rel = prefix + name
-            n = _pages(path)
             idx = slice_index(name)
-            if n > 1 or idx is None:
+            # a file whose name carries a Z index is a slice (compared whole, without
+            # opening it here); any other TIFF may be a stack, compared page by page
+            n = 1 if idx is not None else _pages(path)
+            if idx is None:
                 for i in range(n):
                     key = f"{rel}/page{i:05d}" if n > 1 else rel
                     items[key] = Item(key, path, rel, i if n > 1 else None)
@@ -184,13 +187,13 @@ def _sort_key(key: str) -> tuple:
 # -- comparing --------------------------------------------------------------------------------
 
 
-def _byte_hash(item: Item) -> str:
+def _raw(item: Item) -> tuple[str, bytes | None]:
+    """(byte hash, file bytes or ``None`` for a page of a stack file)."""
     h = xxhash.xxh3_128()
     if item.page is None:
-        with open(item.path, "rb") as fh:
-            while chunk := fh.read(8 << 20):
-                h.update(chunk)
-        return h.hexdigest()
+        data = item.path.read_bytes()
+        h.update(data)
+        return h.hexdigest(), data
     with tifffile.TiffFile(item.path) as tif:
         page = tif.series[0].pages[item.page]
         assert page is not None
@@ -198,28 +201,50 @@ def _byte_hash(item: Item) -> str:
         for off, cnt in zip(page.dataoffsets, page.databytecounts, strict=True):
             tfh.seek(off)
             h.update(tfh.read(cnt))
-    return h.hexdigest()
+    return h.hexdigest(), None
 
 
-def _decode(item: Item) -> np.ndarray:
-    if item.page is None:
-        arr = tifffile.imread(item.path, series=0, level=0)
+def _decode(item: Item, data: bytes | None) -> np.ndarray:
+    """The decoded ``(y, x)`` plane of *item* (from *data* when given)."""
+    if data is not None:
+        arr = tifffile.imread(io.BytesIO(data), series=0, level=0)
     else:
         with tifffile.TiffFile(item.path) as tif:
-            page = tif.series[0].pages[item.page]
+            page = tif.series[0].pages[item.page or 0]
             assert page is not None
             arr = page.asarray()
     arr = np.asarray(arr)
-    if arr.ndim != 2:
-        arr = arr.reshape(arr.shape[-2:]) if arr.size == arr.shape[-1] * arr.shape[-2] else arr
+    if arr.ndim != 2 and arr.size == arr.shape[-1] * arr.shape[-2]:
+        arr = arr.reshape(arr.shape[-2:])
     return arr
 
 
+def _axes(arr: np.ndarray) -> str:
+    """Canonical axes of a decoded item: ``YX``, or ``ZYX``... for a multi-page slice."""
+    return "TCZYX"[-arr.ndim :] if arr.ndim <= 5 else "YX"
+
+
+def _distinct(arr: np.ndarray) -> np.ndarray:
+    """Sorted distinct values; ``bincount`` for 8/16-bit unsigned (O(n))."""
+    if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:
+        return np.flatnonzero(np.bincount(arr.ravel(), minlength=1)).astype(arr.dtype)
+    return np.unique(arr)
+
+
+def _looks_like_labels(arr: np.ndarray) -> bool:
+    """Integer plane with few distinct values (checked on a subsample first)."""
+    if arr.dtype.kind not in "iub":
+        return False
+    sample = arr[:: max(1, arr.shape[0] // 64)].ravel()[::7] if arr.ndim >= 1 else arr
+    if len(np.unique(sample)) > MAX_LABELS:
+        return False
+    return len(_distinct(arr)) <= MAX_LABELS
+
+
 def _is_label(a: np.ndarray, b: np.ndarray) -> tuple[bool, np.ndarray, np.ndarray]:
-    if a.dtype.kind not in "iub" or b.dtype.kind not in "iub":
+    if not (_looks_like_labels(a) and _looks_like_labels(b)):
         return False, np.empty(0), np.empty(0)
-    ua, ub = np.unique(a), np.unique(b)
-    return (len(ua) <= MAX_LABELS and len(ub) <= MAX_LABELS), ua, ub
+    return True, _distinct(a), _distinct(b)
 
 
 def compare_pair(a: Item | None, b: Item | None, *, previews: bool = True) -> PairResult:
@@ -228,18 +253,27 @@ def compare_pair(a: Item | None, b: Item | None, *, previews: bool = True) -> Pa
     key = (a or b).key  # type: ignore[union-attr]
     res = PairResult(key, "unreadable", a.label() if a else None, b.label() if b else None)
     arrays: dict[str, np.ndarray] = {}
-    for side, item in (("a", a), ("b", b)):
-        if item is None:
-            continue
+    raws: dict[str, tuple[str, bytes | None]] = {}
+    sides = [(side, item) for side, item in (("a", a), ("b", b)) if item is not None]
+    for side, item in sides:
         try:
-            setattr(res, f"{side}_bytes_xxh3", _byte_hash(item))
-            arr = _decode(item)
+            raws[side] = _raw(item)
+            setattr(res, f"{side}_bytes_xxh3", raws[side][0])
+            # identical bytes decode to identical pixels: decode B only if it differs
+            if side == "b" and "a" in arrays and raws["a"][0] == raws["b"][0]:
+                arrays["b"] = arrays["a"]
+            else:
+                arrays[side] = _decode(item, raws[side][1])
         except Exception as exc:  # tifffile raises many types for malformed files
             res.error = f"{side.upper()}: {item.label()}: {exc}"
             res.verdict = f"{side.upper()} is unreadable: {exc}"
             return res
-        arrays[side] = arr
-        setattr(res, f"{side}_pixel_hash", pixel_hash_array(arr, "YX"))
+        raws[side] = (raws[side][0], None)  # drop the bytes early
+        arr = arrays[side]
+        if side == "b" and arrays.get("a") is arr:
+            res.b_pixel_hash = res.a_pixel_hash
+        else:
+            setattr(res, f"{side}_pixel_hash", pixel_hash_array(arr, _axes(arr)))
         setattr(res, f"shape_{side}", "x".join(map(str, arr.shape)))
         setattr(res, f"dtype_{side}", arr.dtype.name)
     if a is None or b is None:
