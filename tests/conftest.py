@@ -51,3 +51,19 @@ def snapshot(root: Path) -> dict[str, str]:
         elif p.is_dir() and not any(p.iterdir()):
             out[rel + "/"] = "dir"
     return out
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    """Print the fault-injection matrix result (cases run, consistent, inconsistent)."""
+    import sys
+
+    mod = sys.modules.get("test_transactions")
+    if mod is None or not mod.OUTCOMES["started"]:
+        return
+    o = mod.OUTCOMES
+    ended = o["before"] + o["after"]
+    terminalreporter.write_line(
+        f"fault-injection matrix: {o['started']} (fault point x mode x operation) cases run, "
+        f"{ended} consistent ({o['before']} equal the snapshot before, {o['after']} the "
+        f"snapshot after), {o['started'] - ended} inconsistent"
+    )

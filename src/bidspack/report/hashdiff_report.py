@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,9 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
         list(recover_records(dataset))
         txn = Transaction(dataset)
         try:
-            write_outputs(diff, txn.stage_dir(rel))
+            written = write_outputs(diff, txn.workdir() / "report")
+            for path in written.values():  # one put (or replace) per file
+                os.replace(path, txn.stage_path(f"{rel}/{path.name}"))
             txn.commit()
         except BaseException:
             txn.abort()
