@@ -32,7 +32,7 @@ from PIL import Image
 from bidspack.ops.hashdiff import hashdiff
 
 
-def make(root: Path, n: int, size: int) -> tuple[Path, Path]:
+def make(root: Path, n: int, size: int, compression: str | None = None) -> tuple[Path, Path]:
     a, b = root / "A", root / "B"
     a.mkdir(parents=True)
     b.mkdir()
@@ -41,15 +41,16 @@ def make(root: Path, n: int, size: int) -> tuple[Path, Path]:
     base = (1000 + 800 * np.sin(yy / 97.0) * np.cos(xx / 131.0)).astype(np.float32)
     for z in range(n):
         plane = (base + rng.normal(0, 60, base.shape)).clip(0, 65535).astype(np.uint16)
-        tifffile.imwrite(a / f"Z{z:04d}.tif", plane)
+        tifffile.imwrite(a / f"Z{z:04d}.tif", plane, compression=compression)
         if z == n // 2:
             continue  # missing in B
-        if z % 16 == 3:
-            tifffile.imwrite(b / f"Z{z:05d}.tif", plane, compression="zlib")
+        if z % 16 == 3:  # re-encoded: same pixels, other bytes
+            other = None if compression else "zlib"
+            tifffile.imwrite(b / f"Z{z:05d}.tif", plane, compression=other, tile=(256, 256))
         elif z % 32 == 7:
             changed = plane.copy()
             changed[: size // 4] = 0
-            tifffile.imwrite(b / f"Z{z:05d}.tif", changed)
+            tifffile.imwrite(b / f"Z{z:05d}.tif", changed, compression=compression)
         else:
             shutil.copy(a / f"Z{z:04d}.tif", b / f"Z{z:05d}.tif")
     tifffile.imwrite(b / f"Z{n:05d}.tif", np.zeros((size, size), np.uint16))
@@ -88,13 +89,19 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="16 slices of 512 px (smoke run)")
+    ap.add_argument(
+        "--compression",
+        default=None,
+        choices=["zlib", "lzw"],
+        help="compress the slices (default: uncompressed, as labs deliver them)",
+    )
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write results as JSON")
     args = ap.parse_args()
     n, size = (16, 512) if args.quick else (args.slices, args.size)
     root = Path(tempfile.mkdtemp(prefix="bidspack-hashdiff-", dir=args.workdir))
     try:
-        a, b = make(root, n, size)
+        a, b = make(root, n, size, args.compression)
         paths = files(a, b)
         raw_decode(paths)  # warm the page cache
         t_raw, nbytes = raw_decode(paths)
