@@ -11,6 +11,7 @@ from bidspack.cli.cmd_package import package_cmd
 from bidspack.cli.cmd_recover import recover_cmd
 from bidspack.cli.cmd_rename import rename_cmd
 from bidspack.cli.cmd_validate import validate_cmd
+from bidspack.cli.cmd_verify import log_cmd, verify_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,8 @@ cli.add_command(recover_cmd)
 cli.add_command(rename_cmd)
 cli.add_command(hashdiff_cmd)
 cli.add_command(duplicates_cmd)
+cli.add_command(verify_cmd)
+cli.add_command(log_cmd)
 
 
 def main() -> None:

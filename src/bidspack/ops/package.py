@@ -26,6 +26,8 @@ from bidspack.errors import BidspackError, OutputError, PlanError, SpecError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.sources import ImageSource, SliceFolder, TiffStack, is_tiff
 from bidspack.plan import Action, Plan
+from bidspack.provenance.record import StepProvenance
+from bidspack.provenance.record import stage as stage_provenance
 from bidspack.records import Record
 from bidspack.spec import Channel, PackagingSpec
 from bidspack.txn import Transaction, dataset_lock, recover
@@ -549,8 +551,21 @@ def _run_step(
         )
         return
     txn = Transaction(dataset)
+    prov = StepProvenance(
+        "package",
+        step,
+        parameters={
+            "spec": plan.parameters.get("spec"),
+            "fingerprint": fp,
+            "actions": [a.to_dict() for a in work if a.kind == "convert"],
+        },
+        used=[{"path": f"submission:{rel}", "xxh3_128": v["xxh3"]} for rel, v in inputs.items()],
+    )
     try:
         records = list(_stage(work, submission, txn, progress, counter))
+        prov.pixel_hashes = {
+            r.path: r.details["pixel_hash"] for r in records if "pixel_hash" in r.details
+        }
         for old in (previous or {}).get("outputs", []):
             if old not in targets and (dataset / old).exists():
                 txn.delete(old)
@@ -559,6 +574,7 @@ def _run_step(
             json_text({"step": step, "fingerprint": fp, "outputs": targets, "inputs": inputs}),
             encoding="utf-8",
         )
+        stage_provenance(txn, prov)
         txn.commit()
     except BaseException:
         txn.abort()

@@ -32,6 +32,9 @@ from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text
 from bidspack.errors import PlanError
 from bidspack.io.ometiff import pad_description
+from bidspack.provenance.manifest import read_manifest
+from bidspack.provenance.record import StepProvenance
+from bidspack.provenance.record import stage as stage_provenance
 from bidspack.records import Record
 from bidspack.txn import Transaction, dataset_lock
 from bidspack.txn.transaction import STATE_DIR
@@ -229,6 +232,12 @@ def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
 
         yield from recover_records(dataset)
         txn = Transaction(dataset)
+        old_rows = read_manifest(dataset)
+        prov = StepProvenance(
+            "rename-subject",
+            "rename",
+            parameters={"mapping": {f"sub-{o}": f"sub-{n}" for o, n in plan.mapping.items()}},
+        )
         try:
             for old, new in plan.renames:
                 txn.rename(old, new)
@@ -243,6 +252,10 @@ def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
                     staged.write_text(json_text(_json_rewrite(data, renamed)), encoding="utf-8")
                 else:
                     staged.write_text(renamed(src.read_text(encoding="utf-8")), encoding="utf-8")
+                old_pixels = old_rows.get(cur_rel, {}).get("pixel_hash")
+                if old_pixels:  # OME-XML rewritten, pixels unchanged
+                    prov.pixel_hashes[new_rel] = old_pixels
+            stage_provenance(txn, prov)
             txn.commit()
         except BaseException:
             txn.abort()

@@ -180,6 +180,8 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
     """
     from bidspack.errors import OutputError
     from bidspack.ops.package import recover_records
+    from bidspack.provenance.record import StepProvenance
+    from bidspack.provenance.record import stage as stage_provenance
     from bidspack.txn import Transaction, dataset_lock
 
     dataset = Path(dataset)
@@ -193,6 +195,14 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
             written = write_outputs(diff, txn.workdir() / "report")
             for path in written.values():  # one put (or replace) per file
                 os.replace(path, txn.stage_path(f"{rel}/{path.name}"))
+            stage_provenance(
+                txn,
+                StepProvenance(
+                    "hashdiff",
+                    f"{diff.a.name}_vs_{diff.b.name}",
+                    parameters={"a": diff.a.name, "b": diff.b.name, "counts": diff.counts()},
+                ),
+            )
             txn.commit()
         except BaseException:
             txn.abort()

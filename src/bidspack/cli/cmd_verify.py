@@ -1,0 +1,57 @@
+"""``bidspack verify DATASET`` and ``bidspack log DATASET``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from bidspack.cli.base import json_option, map_errors, render
+from bidspack.ops.verify import verify
+from bidspack.provenance.record import read_records
+
+
+@click.command("verify")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--no-pixels", is_flag=True, help="Skip pixel hashes (checksums only).")
+@json_option
+@map_errors
+def verify_cmd(dataset: Path, no_pixels: bool, as_json: bool) -> None:
+    """Recompute checksums and pixel hashes of DATASET and compare them with its
+    manifest; report modified, missing and unlisted files. Exit code 1 on any."""
+    counts = render(verify(dataset, pixels=not no_pixels), as_json=as_json, title="bidspack verify")
+    if counts["error"]:
+        sys.exit(1)
+
+
+@click.command("log")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@json_option
+@map_errors
+def log_cmd(dataset: Path, as_json: bool) -> None:
+    """The step history of DATASET from its provenance records, newest first."""
+    console = Console()
+    for rec in read_records(dataset):
+        act = rec["Records"]["Activities"][0]
+        outputs = [e for e in rec["Records"]["Entities"] if e.get("GeneratedBy") == act["Id"]]
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "activity": act["Id"],
+                        "operation": act["Label"],
+                        "step": act.get("Step"),
+                        "started": act["StartedAtTime"],
+                        "ended": act["EndedAtTime"],
+                        "outputs": len(outputs),
+                    }
+                )
+            )
+        else:
+            console.print(
+                f"{act['EndedAtTime']}  [bold]{act['Label']}[/] {act.get('Step', '')}"
+                f"  {len(outputs)} output(s)  {act['Id']}"
+            )
