@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,6 +30,11 @@ from bidspack.spec import load_spec
 )
 @click.option("--no-validate", is_flag=True, help="Skip the final validation (not recommended).")
 @click.option(
+    "--datalad",
+    is_flag=True,
+    help="Make DATASET a DataLad dataset; save every committed step with a run record.",
+)
+@click.option(
     "--no-recover",
     is_flag=True,
     help="Refuse to run if an interrupted run left unfinished transactions.",
@@ -40,6 +47,7 @@ def package_cmd(
     spec_path: Path,
     dry_run: bool,
     no_validate: bool,
+    datalad: bool,
     no_recover: bool,
     as_json: bool,
 ) -> None:
@@ -50,6 +58,19 @@ def package_cmd(
     re-running after a crash keeps finished steps (notneeded) and does the rest.
     """
     spec = load_spec(spec_path)
+    # the command a DataLad run record replays: paths relative to the dataset, so that a
+    # clone with the submission at the same relative place can `datalad rerun` it
+    ds_abs = dataset.absolute()
+    run_cmd = shlex.join(
+        [
+            "bidspack",
+            "package",
+            os.path.relpath(submission.absolute(), ds_abs),
+            ".",
+            "--spec",
+            os.path.relpath(spec_path.absolute(), ds_abs),
+        ]
+    )
     show = not as_json and not dry_run and sys.stderr.isatty()
     with Progress(
         TextColumn("{task.description}"),
@@ -74,6 +95,8 @@ def package_cmd(
             validate=not no_validate,
             progress=progress,
             recover_first=not no_recover,
+            datalad=datalad,
+            run_cmd=run_cmd,
         )
         counts = render(
             records,

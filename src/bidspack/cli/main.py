@@ -9,6 +9,7 @@ from bidspack.cli.cmd_demo import demo_cmd
 from bidspack.cli.cmd_hashdiff import duplicates_cmd, hashdiff_cmd
 from bidspack.cli.cmd_package import package_cmd
 from bidspack.cli.cmd_recover import recover_cmd
+from bidspack.cli.cmd_release import init_cmd, release_cmd
 from bidspack.cli.cmd_rename import rename_cmd
 from bidspack.cli.cmd_validate import validate_cmd
 from bidspack.cli.cmd_verify import log_cmd, verify_cmd
@@ -32,6 +33,8 @@ cli.add_command(hashdiff_cmd)
 cli.add_command(duplicates_cmd)
 cli.add_command(verify_cmd)
 cli.add_command(log_cmd)
+cli.add_command(init_cmd)
+cli.add_command(release_cmd)
 
 
 def main() -> None:

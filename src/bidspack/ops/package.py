@@ -26,6 +26,8 @@ from bidspack.errors import BidspackError, OutputError, PlanError, SpecError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.sources import ImageSource, SliceFolder, TiffStack, is_tiff
 from bidspack.plan import Action, Plan
+from bidspack.provenance import datalad as dl
+from bidspack.provenance.manifest import MANIFEST_TSV
 from bidspack.provenance.record import StepProvenance
 from bidspack.provenance.record import stage as stage_provenance
 from bidspack.records import Record
@@ -410,8 +412,13 @@ def _steps(plan: Plan) -> list[tuple[str, list[Action]]]:
     return [(s, groups[s]) for s in order]
 
 
+#: Entries of an output folder that do not make it "not empty" (state, version control).
+_HOUSEKEEPING = {STATE_DIR, ".git", ".datalad", ".gitattributes", ".gitignore"}
+
+
 def _is_bidspack_dataset(dataset: Path) -> bool:
-    return (dataset / STATE_DIR / "steps").is_dir()
+    """A dataset bidspack made: step records, or a manifest (e.g. in a DataLad clone)."""
+    return (dataset / STATE_DIR / "steps").is_dir() or (dataset / MANIFEST_TSV).is_file()
 
 
 def apply_plan(
@@ -422,6 +429,8 @@ def apply_plan(
     validate: bool = True,
     progress: ProgressFn | None = None,
     recover_first: bool = True,
+    datalad: bool = False,
+    run_cmd: str | None = None,
 ) -> Iterator[Record]:
     """Carry out *plan* as transactional steps, then validate the dataset.
 
@@ -433,6 +442,10 @@ def apply_plan(
 
     The dataset folder must be new, empty, or a bidspack dataset (re-run / resume).
     Unfinished transactions are recovered first (``recover_first``) or refused.
+
+    With *datalad* the folder is made a DataLad dataset first; in a DataLad dataset
+    every committed step is saved (one ``datalad save``) with a run record whose
+    command is *run_cmd* (see :mod:`bidspack.provenance.datalad`).
 
     Yields one record per step action, ``notneeded`` records for finished steps, then
     the validation records (an error record per validation error).
@@ -451,7 +464,7 @@ def apply_plan(
         if not dataset.is_dir():
             raise OutputError(dataset, "exists and is not a folder")
         if not _is_bidspack_dataset(dataset) and any(
-            p.name != STATE_DIR for p in dataset.iterdir()
+            p.name not in _HOUSEKEEPING for p in dataset.iterdir()
         ):
             raise OutputError(
                 dataset,
@@ -462,6 +475,10 @@ def apply_plan(
     try:
         with dataset_lock(dataset):
             yield from recover_records(dataset, recover_first=recover_first)
+            if datalad and not dl.is_datalad(dataset):
+                dl.create(dataset)
+                yield Record("datalad", ".", "ok", "created DataLad dataset (SHA256E)")
+            use_datalad = dl.is_datalad(dataset)
             steps = _steps(plan)
             total = sum(1 for _, acts in steps if any(a.kind == "convert" for a in acts))
             done = 0
@@ -474,6 +491,17 @@ def apply_plan(
                     yield rec
                 committed += status == "ok"
                 done += any(a.kind == "convert" for a in actions)
+                if status == "ok" and use_datalad:
+                    targets = [a.target for a in actions if a.target]
+                    dl.save(
+                        dataset,
+                        dl.run_message(
+                            f"bidspack package: {step}",
+                            run_cmd or "bidspack package",
+                            dataset,
+                            targets,
+                        ),
+                    )
     except BaseException:
         if created and committed == 0:
             shutil.rmtree(dataset, ignore_errors=True)
@@ -501,6 +529,9 @@ def recover_records(dataset: Path, *, recover_first: bool = True) -> Iterator[Re
         )
     for txn_id, what in recover(dataset):
         yield Record("recover", f"{STATE_DIR}/txn/{txn_id}", "ok", what)
+    if dl.is_datalad(dataset) and dl.dirty(dataset):
+        dl.save(dataset, "bidspack recover: save the changes of an interrupted step")
+        yield Record("recover", ".", "ok", "saved the changes of an interrupted step (DataLad)")
 
 
 def _run_step(
@@ -655,6 +686,8 @@ def package(
     validate: bool = True,
     progress: ProgressFn | None = None,
     recover_first: bool = True,
+    datalad: bool = False,
+    run_cmd: str | None = None,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) apply a packaging run; see :func:`build_plan` and
     :func:`apply_plan`. A dry run yields one ``plan`` record per action and writes nothing.
@@ -670,7 +703,14 @@ def package(
             )
         return
     yield from apply_plan(
-        plan, submission, dataset, validate=validate, progress=progress, recover_first=recover_first
+        plan,
+        submission,
+        dataset,
+        validate=validate,
+        progress=progress,
+        recover_first=recover_first,
+        datalad=datalad,
+        run_cmd=run_cmd,
     )
 
 

@@ -32,6 +32,7 @@ from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text
 from bidspack.errors import PlanError
 from bidspack.io.ometiff import pad_description
+from bidspack.provenance import datalad as dl
 from bidspack.provenance.manifest import read_manifest
 from bidspack.provenance.record import StepProvenance
 from bidspack.provenance.record import stage as stage_provenance
@@ -260,6 +261,9 @@ def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
         except BaseException:
             txn.abort()
             raise
+        if dl.is_datalad(dataset):
+            names = ", ".join(f"sub-{o} -> sub-{n}" for o, n in plan.mapping.items())
+            dl.save(dataset, f"bidspack rename-subject: {names}")
     for old, new in plan.renames:
         yield Record("rename", old, "ok", f"-> {new}", {"to": new})
     for new_rel, (_, kind) in sorted(plan.rewrites.items()):

@@ -3,7 +3,7 @@ and the step that produced it. ``code/bidspack/manifest.tsv`` (human-readable) a
 ``code/bidspack/manifest.parquet`` hold the same rows, sorted by path; the row format is
 ``specs/manifest.schema.json``. The manifest does not list itself, the provenance
 records (``code/bidspack/provenance/``), bidspack's state (``.bidspack/``) or
-version-control files (``.git``, ``.datalad``, ``.gitattributes``).
+version-control files (``.git``, ``.datalad``, ``.gitattributes``, ``.gitignore``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,14 @@ MANIFEST_PARQUET = "code/bidspack/manifest.parquet"
 PROVENANCE_DIR = "code/bidspack/provenance"
 COLUMNS = ("path", "size", "sha256", "xxh3_128", "pixel_hash", "step")
 _SKIP_PREFIXES = (".bidspack/", ".git/", ".datalad/", PROVENANCE_DIR + "/")
-_SKIP_FILES = {MANIFEST_TSV, MANIFEST_PARQUET, ".gitattributes", ".gitmodules", ".git"}
+_SKIP_FILES = {
+    MANIFEST_TSV,
+    MANIFEST_PARQUET,
+    ".gitattributes",
+    ".gitignore",
+    ".gitmodules",
+    ".git",
+}
 
 Row = dict[str, Any]
 

@@ -207,6 +207,10 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
         except BaseException:
             txn.abort()
             raise
+        from bidspack.provenance import datalad as dl
+
+        if dl.is_datalad(dataset):
+            dl.save(dataset, f"bidspack hashdiff: {diff.a.name} vs {diff.b.name}")
     return dataset / rel
 
 
