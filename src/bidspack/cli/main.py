@@ -6,6 +6,7 @@ import click
 
 from bidspack import __version__
 from bidspack.cli.cmd_demo import demo_cmd
+from bidspack.cli.cmd_export import export_cmd
 from bidspack.cli.cmd_hashdiff import duplicates_cmd, hashdiff_cmd
 from bidspack.cli.cmd_package import package_cmd
 from bidspack.cli.cmd_recover import recover_cmd
@@ -35,6 +36,7 @@ cli.add_command(verify_cmd)
 cli.add_command(log_cmd)
 cli.add_command(init_cmd)
 cli.add_command(release_cmd)
+cli.add_command(export_cmd)
 
 
 def main() -> None:
