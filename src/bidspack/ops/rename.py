@@ -237,6 +237,7 @@ def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
         prov = StepProvenance(
             "rename-subject",
             "rename",
+            relabel=renamed,
             parameters={"mapping": {f"sub-{o}": f"sub-{n}" for o, n in plan.mapping.items()}},
         )
         try:

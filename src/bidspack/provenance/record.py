@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -65,6 +66,8 @@ class StepProvenance:
         used: inputs: ``{"path": "submission:<rel>" | "<dataset rel>", "xxh3_128": ...}``.
         pixel_hashes: output path -> pixel hash, for images.
         started: ``StartedAtTime``.
+        relabel: applied to the ``step`` of every kept manifest row (a subject rename
+            renames the step ids that carry the label too).
     """
 
     operation: str
@@ -73,6 +76,7 @@ class StepProvenance:
     used: list[dict[str, Any]] = field(default_factory=list)
     pixel_hashes: dict[str, str] = field(default_factory=dict)
     started: str = field(default_factory=now)
+    relabel: Callable[[str], str] | None = None
 
 
 def stage(txn: Transaction, prov: StepProvenance) -> dict[str, Any]:
@@ -90,6 +94,8 @@ def stage(txn: Transaction, prov: StepProvenance) -> dict[str, Any]:
     rows = apply_journal(
         read_manifest(dataset), [op for op in ops if op["op"] in ("rename", "delete")]
     )
+    if prov.relabel is not None:
+        rows = {k: {**v, "step": prov.relabel(v["step"])} for k, v in rows.items()}
     for rel in outputs:  # a replaced folder: drop its old rows first
         rows = {k: v for k, v in rows.items() if not (k == rel or k.startswith(rel + "/"))}
     for rel, d in digests.items():
