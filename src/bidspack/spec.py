@@ -303,6 +303,8 @@ def load_spec(path: Path) -> PackagingSpec:
             "compression": "zlib",
             "compression_level": 6,
             "tile": 256,
+            "formats": ["ome-tiff"],
+            "ngff_version": "0.5",
             **doc.get("output", {}),
         },
     )

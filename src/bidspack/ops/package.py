@@ -24,6 +24,7 @@ from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text, write_text
 from bidspack.errors import BidspackError, OutputError, PlanError, SpecError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
+from bidspack.io.omezarr import write_ome_zarr
 from bidspack.io.sources import ImageSource, SliceFolder, TiffStack, is_tiff
 from bidspack.plan import Action, Plan
 from bidspack.provenance import datalad as dl
@@ -259,30 +260,38 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                 entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
                 if ch.type == "derivative" and ch.desc:
                     entities["description"] = ch.desc
-                ext = ome_tiff_extension(src.shape, src.dtype)
-                target = micr_path(entities, ch.suffix, ext)
+                tiff_ext = ome_tiff_extension(src.shape, src.dtype)
+                stem = micr_path(entities, ch.suffix, "")
                 if ch.type == "derivative":
-                    target = f"derivatives/{ch.pipeline}/{target}"
+                    stem = f"derivatives/{ch.pipeline}/{stem}"
                     pipelines.setdefault(str(ch.pipeline), False)
-                claim(target, rel)
                 src_rels = tuple(Path(p).relative_to(submission).as_posix() for p in src.files)
-                name = PurePosixPath(target).name.removesuffix(ext)
-                params: dict[str, Any] = {
+                common: dict[str, Any] = {
                     "shape_zyx": list(src.shape),
                     "dtype": src.dtype.name,
                     "voxel_size_zyx_um": list(voxel),
                     "image": ch.image,
-                    "name": name,
+                    "name": PurePosixPath(stem).name,
                     "channel_name": ch.entities.get("stain"),
-                    "compression": out["compression"],
-                    "compression_level": out["compression_level"],
-                    "tile": out["tile"],
                 }
-                converts.append(Action("convert", target, src_rels, params, step=step))
-                sidecar_target = target.removesuffix(ext) + ".json"
-                claim(sidecar_target, rel)
+                for fmt in out["formats"]:
+                    if fmt == "ome-zarr":
+                        target = stem + ".ome.zarr"
+                        params = {**common, "format": fmt, "ngff_version": out["ngff_version"]}
+                    else:
+                        target = stem + tiff_ext
+                        params = {
+                            **common,
+                            "format": fmt,
+                            "compression": out["compression"],
+                            "compression_level": out["compression_level"],
+                            "tile": out["tile"],
+                        }
+                    claim(target, rel)
+                    converts.append(Action("convert", target, src_rels, params, step=step))
+                claim(stem + ".json", rel)
                 sidecar = metadata.micr_sidecar(voxel, spec.raw.get("sidecar", {}), ch.sidecar)
-                converts.append(Action("write", sidecar_target, (), step=step, content=sidecar))
+                converts.append(Action("write", stem + ".json", (), step=step, content=sidecar))
             used = set(image_files)
             for f in kept:
                 if f in used:
@@ -595,7 +604,9 @@ def _run_step(
     try:
         records = list(_stage(work, submission, txn, progress, counter))
         prov.pixel_hashes = {
-            r.path: r.details["pixel_hash"] for r in records if "pixel_hash" in r.details
+            (r.path + "/0" if r.path.endswith(".ome.zarr") else r.path): r.details["pixel_hash"]
+            for r in records
+            if "pixel_hash" in r.details
         }
         for old in (previous or {}).get("outputs", []):
             if old not in targets and (dataset / old).exists():
@@ -649,28 +660,42 @@ def _stage(
                 src = SliceFolder(files[0].parent, files)
             if progress:
                 progress(action.target, done, total)
-            res = write_ome_tiff(
-                txn.stage_path(action.target),
-                src,
-                physical_size_zyx_um=tuple(p["voxel_size_zyx_um"]),
-                name=p["name"],
-                kind=p["image"],
-                channel_name=p.get("channel_name"),
-                compression=p["compression"],
-                compression_level=p["compression_level"],
-                tile=p["tile"],
-                workdir=txn.workdir(),
-            )
+            if p.get("format") == "ome-zarr":
+                zres = write_ome_zarr(
+                    txn.stage_path(action.target),
+                    src,
+                    physical_size_zyx_um=tuple(p["voxel_size_zyx_um"]),
+                    name=p["name"],
+                    kind=p["image"],
+                    version=p["ngff_version"],
+                )
+                digest, levels = zres.pixel_hash, [list(lv) for lv in zres.levels]
+                kind = f"OME-Zarr {zres.version}"
+            else:
+                res = write_ome_tiff(
+                    txn.stage_path(action.target),
+                    src,
+                    physical_size_zyx_um=tuple(p["voxel_size_zyx_um"]),
+                    name=p["name"],
+                    kind=p["image"],
+                    channel_name=p.get("channel_name"),
+                    compression=p["compression"],
+                    compression_level=p["compression_level"],
+                    tile=p["tile"],
+                    workdir=txn.workdir(),
+                )
+                digest, levels = res.pixel_hash, [list(lv) for lv in res.levels]
+                kind = "OME-TIFF"
             if progress:
                 progress(action.target, done + 1, total)
             yield Record(
                 "convert",
                 action.target,
                 "ok",
-                f"{len(files)} file(s) -> OME-TIFF {res.shape} {res.dtype}",
+                f"{len(files)} file(s) -> {kind} {tuple(src.shape)} {src.dtype}",
                 {
-                    "pixel_hash": res.pixel_hash,
-                    "levels": [list(lv) for lv in res.levels],
+                    "pixel_hash": digest,
+                    "levels": levels,
                     "sources": len(files),
                     "step": action.step,
                 },

@@ -238,6 +238,56 @@ def check_pixel_sizes(dataset: Path) -> Iterator[Record]:
             )
 
 
+def check_ome_zarr(dataset: Path) -> Iterator[Record]:
+    """Every ``.ome.zarr`` image: official NGFF schemas, ome-zarr-models, readable
+    arrays, and level-0 scale equal to the sidecar ``PixelSize`` (the BIDS validator
+    treats ``.ome.zarr`` as an opaque folder)."""
+    from bidspack.io.omezarr import ome_zarr_scale_um, validate_ome_zarr
+
+    for path in sorted(dataset.rglob("*.ome.zarr")):
+        rel = path.relative_to(dataset).as_posix()
+        if not path.is_dir() or rel.startswith((".", "sourcedata/", "code/")):
+            continue
+        problems = validate_ome_zarr(path)
+        for problem in problems:
+            yield Record("validate", rel, "error", problem, {"check": "ome-zarr"})
+        if problems:
+            continue
+        sidecar = path.with_name(path.name.removesuffix(".ome.zarr") + ".json")
+        if not sidecar.is_file():
+            yield Record(
+                "validate",
+                rel,
+                "error",
+                "no JSON sidecar next to the image",
+                {"check": "pixelsize"},
+            )
+            continue
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        factor = {"um": 1.0, "nm": 1e-3, "mm": 1e3}.get(meta.get("PixelSizeUnits", ""))
+        size = meta.get("PixelSize")
+        z, y, x = ome_zarr_scale_um(path)
+        if factor is None or not isinstance(size, list):
+            yield Record(
+                "validate", rel, "error", "PixelSize/PixelSizeUnits missing", {"check": "pixelsize"}
+            )
+            continue
+        side = [float(v) * factor for v in size]
+        zarr_xyz = [x, y, z][: len(side)]
+        if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(side, zarr_xyz, strict=True)):
+            yield Record(
+                "validate", rel, "ok", "NGFF valid; scale matches PixelSize", {"check": "ome-zarr"}
+            )
+        else:
+            yield Record(
+                "validate",
+                rel,
+                "error",
+                f"sidecar PixelSize {side} um (x, y, z) != OME-Zarr scale {zarr_xyz} um",
+                {"check": "pixelsize"},
+            )
+
+
 def validate_dataset(dataset: Path, *, recursive: bool = True) -> Iterator[Record]:
     """Run every validation of *dataset*, yielding records (errors have status ``error``).
 
@@ -251,3 +301,4 @@ def validate_dataset(dataset: Path, *, recursive: bool = True) -> Iterator[Recor
     yield from _validator_records(run_bids_validator(dataset, recursive=recursive))
     yield from check_samples(dataset)
     yield from check_pixel_sizes(dataset)
+    yield from check_ome_zarr(dataset)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from bidspack.errors import ValidationFailed
 from bidspack.io.ometiff import pixel_hash_of_file
+from bidspack.io.omezarr import pixel_hash_of_zarr
 from bidspack.provenance.digests import entries
 from bidspack.provenance.manifest import MANIFEST_TSV, listed, read_manifest
 from bidspack.records import Record
@@ -27,6 +28,14 @@ def _present(dataset: Path) -> set[str]:
             continue
         found.update(k for k in entries(dataset, rel) if listed(k))
     return found
+
+
+def _pixel_hash(dataset: Path, rel: str) -> str:
+    """Pixel hash of an OME-TIFF, or of one level (``<root>.ome.zarr/<level>``) of an OME-Zarr."""
+    if ".ome.zarr/" in rel:
+        root, _, level = rel.rpartition("/")
+        return pixel_hash_of_zarr(dataset / root, level=int(level))
+    return pixel_hash_of_file(dataset / rel)
 
 
 def verify(dataset: Path, *, pixels: bool = True) -> Iterator[Record]:
@@ -58,7 +67,7 @@ def verify(dataset: Path, *, pixels: bool = True) -> Iterator[Record]:
             problems += 1
             detail = "modified: sha256/xxh3-128 differ from the manifest"
             if pixels and row.get("pixel_hash"):
-                ph = pixel_hash_of_file(dataset / rel)
+                ph = _pixel_hash(dataset, rel)
                 detail += "; pixels differ" if ph != row["pixel_hash"] else "; pixels unchanged"
             yield Record(
                 "verify",
@@ -69,7 +78,7 @@ def verify(dataset: Path, *, pixels: bool = True) -> Iterator[Record]:
             )
             continue
         if pixels and row.get("pixel_hash"):
-            ph = pixel_hash_of_file(dataset / rel)
+            ph = _pixel_hash(dataset, rel)
             if ph != row["pixel_hash"]:
                 problems += 1
                 yield Record(
