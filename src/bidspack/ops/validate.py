@@ -180,12 +180,34 @@ def check_samples(dataset: Path) -> Iterator[Record]:
     )
 
 
+def _compare_pixel_size(
+    rel: str, sidecar: Path, image_zyx: tuple[float, float, float] | None, what: str
+) -> Record:
+    """Compare a sidecar's ``PixelSize`` ``[x, y(, z)]`` (with ``PixelSizeUnits``) to the
+    image's own ``(z, y, x)`` physical size in micrometres; one record either way."""
+
+    def error(message: str) -> Record:
+        return Record("validate", rel, "error", message, {"check": "pixelsize"})
+
+    if not sidecar.is_file():
+        return error("no JSON sidecar next to the image")
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    size = meta.get("PixelSize")
+    factor = {"um": 1.0, "nm": 1e-3, "mm": 1e3}.get(meta.get("PixelSizeUnits") or "")
+    if image_zyx is None or not isinstance(size, list) or factor is None:
+        return error(f"PixelSize/PixelSizeUnits or {what} physical sizes missing")
+    side_xyz = [float(v) * factor for v in size]
+    image_xyz = [image_zyx[2], image_zyx[1], image_zyx[0]][: len(side_xyz)]
+    if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(side_xyz, image_xyz, strict=True)):
+        return Record("validate", rel, "ok", f"PixelSize matches {what}", {"check": "pixelsize"})
+    return error(f"sidecar PixelSize {side_xyz} um (x, y, z) != {what} {image_xyz} um")
+
+
 def check_pixel_sizes(dataset: Path) -> Iterator[Record]:
     """Sidecar PixelSize vs OME-XML physical sizes for every OME-TIFF (all of the XML)."""
     for path in _image_files(dataset):
         rel = path.relative_to(dataset).as_posix()
         name = path.name.removesuffix(".ome.tif").removesuffix(".ome.btf")
-        sidecar = path.with_name(name + ".json")
         try:
             with tifffile.TiffFile(path) as tif:
                 xml = tif.ome_metadata
@@ -202,40 +224,7 @@ def check_pixel_sizes(dataset: Path) -> Iterator[Record]:
         except ValueError as exc:
             yield Record("validate", rel, "error", str(exc), {"check": "pixelsize"})
             continue
-        if not sidecar.is_file():
-            yield Record(
-                "validate",
-                rel,
-                "error",
-                "no JSON sidecar next to the image",
-                {"check": "pixelsize"},
-            )
-            continue
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        size = meta.get("PixelSize")
-        unit = meta.get("PixelSizeUnits")
-        factor = {"um": 1.0, "nm": 1e-3, "mm": 1e3}.get(unit or "")
-        if ome_zyx is None or not isinstance(size, list) or factor is None:
-            yield Record(
-                "validate",
-                rel,
-                "error",
-                "PixelSize/PixelSizeUnits or OME-XML physical sizes missing",
-                {"check": "pixelsize"},
-            )
-            continue
-        side_xyz = [float(v) * factor for v in size]
-        ome_xyz = [ome_zyx[2], ome_zyx[1], ome_zyx[0]][: len(side_xyz)]
-        if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(side_xyz, ome_xyz, strict=True)):
-            yield Record("validate", rel, "ok", "PixelSize matches OME-XML", {"check": "pixelsize"})
-        else:
-            yield Record(
-                "validate",
-                rel,
-                "error",
-                f"sidecar PixelSize {side_xyz} um (x, y, z) != OME-XML {ome_xyz} um",
-                {"check": "pixelsize"},
-            )
+        yield _compare_pixel_size(rel, path.with_name(name + ".json"), ome_zyx, "OME-XML")
 
 
 def check_ome_zarr(dataset: Path) -> Iterator[Record]:
@@ -253,39 +242,9 @@ def check_ome_zarr(dataset: Path) -> Iterator[Record]:
             yield Record("validate", rel, "error", problem, {"check": "ome-zarr"})
         if problems:
             continue
+        yield Record("validate", rel, "ok", "NGFF valid", {"check": "ome-zarr"})
         sidecar = path.with_name(path.name.removesuffix(".ome.zarr") + ".json")
-        if not sidecar.is_file():
-            yield Record(
-                "validate",
-                rel,
-                "error",
-                "no JSON sidecar next to the image",
-                {"check": "pixelsize"},
-            )
-            continue
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        factor = {"um": 1.0, "nm": 1e-3, "mm": 1e3}.get(meta.get("PixelSizeUnits", ""))
-        size = meta.get("PixelSize")
-        z, y, x = ome_zarr_scale_um(path)
-        if factor is None or not isinstance(size, list):
-            yield Record(
-                "validate", rel, "error", "PixelSize/PixelSizeUnits missing", {"check": "pixelsize"}
-            )
-            continue
-        side = [float(v) * factor for v in size]
-        zarr_xyz = [x, y, z][: len(side)]
-        if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(side, zarr_xyz, strict=True)):
-            yield Record(
-                "validate", rel, "ok", "NGFF valid; scale matches PixelSize", {"check": "ome-zarr"}
-            )
-        else:
-            yield Record(
-                "validate",
-                rel,
-                "error",
-                f"sidecar PixelSize {side} um (x, y, z) != OME-Zarr scale {zarr_xyz} um",
-                {"check": "pixelsize"},
-            )
+        yield _compare_pixel_size(rel, sidecar, ome_zarr_scale_um(path), "OME-Zarr scale")
 
 
 def validate_dataset(dataset: Path, *, recursive: bool = True) -> Iterator[Record]:
