@@ -276,7 +276,7 @@ def test_byte_identical_rewrites(tmp_path: Path, stp: SliceFolder, version: str)
 def test_distributed_cluster_gives_the_same_bytes(tmp_path: Path, stp: SliceFolder) -> None:
     """The conversion on a dask.distributed LocalCluster (2 worker processes), through a
     Client and through the scheduler's address, writes the bytes of the local run."""
-    distributed = pytest.importorskip("distributed")
+    import distributed  # a declared dependency (dask[distributed])
     kw = {"physical_size_zyx_um": STP_UM, "name": "stp"}
     local = {v: tmp_path / f"local{v}.ome.zarr" for v in VERSIONS}
     for v, out in local.items():
