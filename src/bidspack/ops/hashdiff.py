@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import tifffile
@@ -48,14 +48,8 @@ PairStatus = Literal[
     "only_in_b",
     "unreadable",
 ]
-STATUSES: tuple[PairStatus, ...] = (
-    "identical_bytes",
-    "identical_pixels",
-    "different_pixels",
-    "only_in_a",
-    "only_in_b",
-    "unreadable",
-)
+#: Every pair class, in report order (derived from :data:`PairStatus`).
+STATUSES: tuple[PairStatus, ...] = get_args(PairStatus)
 MAX_LABELS = 4096
 #: Pairs whose previews are kept for the HTML report (the rest are listed only).
 MAX_PREVIEWS = 400
