@@ -309,6 +309,20 @@ def _ome_physical_size(path: Path) -> tuple[float, float, float] | None:
         raise SourceError(path, f"OME-XML physical sizes unusable ({exc})") from exc
 
 
+def open_files(folder: Path, files: list[Path]) -> ImageSource:
+    """The image made of *files* (TIFFs of *folder*): one file holding more than one
+    plane is a stack (:class:`TiffStack`); anything else is a slice folder.
+
+    Raises:
+        SourceError: see :class:`SliceFolder` and :class:`TiffStack`.
+    """
+    if len(files) == 1:
+        shape, _, _, _ = _tiff_header(files[0])
+        if len(shape) > 2:
+            return TiffStack(files[0])
+    return SliceFolder(folder, files)
+
+
 def open_source(path: Path) -> ImageSource:
     """Open a slice folder or a stack file as an :class:`ImageSource`.
 
@@ -320,12 +334,7 @@ def open_source(path: Path) -> ImageSource:
     """
     path = Path(path)
     if path.is_dir():
-        tiffs = [p for p in path.iterdir() if p.is_file() and is_tiff(p)]
-        if len(tiffs) == 1:
-            shape, _, _, _ = _tiff_header(tiffs[0])
-            if len(shape) > 2:
-                return TiffStack(tiffs[0])
-        return SliceFolder(path, tiffs)
+        return open_files(path, [p for p in path.iterdir() if p.is_file() and is_tiff(p)])
     if path.is_file() and is_tiff(path):
         return TiffStack(path)
     raise SourceError(path, "not a slice folder or a TIFF/OME-TIFF file")

@@ -25,7 +25,7 @@ from bidspack.bids.tables import json_text, write_text
 from bidspack.errors import BidspackError, OutputError, PlanError, SpecError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
-from bidspack.io.sources import ImageSource, SliceFolder, TiffStack, is_tiff
+from bidspack.io.sources import ImageSource, TiffStack, is_tiff, open_files
 from bidspack.plan import Action, Plan
 from bidspack.provenance import datalad as dl
 from bidspack.provenance.manifest import MANIFEST_TSV
@@ -136,21 +136,7 @@ def _open_image(submission: Path, rel: str, tiffs: list[str]) -> ImageSource:
     path = submission / rel
     if path.is_file():
         return TiffStack(path)
-    if len(tiffs) == 1:
-        single = TiffStack(submission / tiffs[0]) if _pages(submission / tiffs[0]) > 1 else None
-        if single is not None:
-            return single
-    return SliceFolder(path, [submission / t for t in tiffs])
-
-
-def _pages(path: Path) -> int:
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return int(math.prod(tif.series[0].shape[:-2])) if tif.series else 0
-    except Exception:
-        return 0
+    return open_files(path, [submission / t for t in tiffs])
 
 
 def _voxel_size(
@@ -653,11 +639,7 @@ def _stage(
         elif action.kind == "convert":
             p = action.params
             files = [submission / s for s in action.sources]
-            src: ImageSource
-            if len(files) == 1 and _pages(files[0]) > 1:
-                src = TiffStack(files[0])
-            else:
-                src = SliceFolder(files[0].parent, files)
+            src = open_files(files[0].parent, files)
             if progress:
                 progress(action.target, done, total)
             if p.get("format") == "ome-zarr":
