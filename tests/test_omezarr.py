@@ -15,13 +15,13 @@ import tifffile
 import zarr
 
 from bidspack.errors import IntegrityError, OutputError, SourceError
-from bidspack.io import omezarr
 from bidspack.io.omezarr import (
     NGFF_VERSIONS,
     NgffV04,
     NgffV05,
     ome_zarr_scale_um,
     pixel_hash_of_zarr,
+    pyramid,
     pyramid_shapes,
     validate_ome_zarr,
     write_ome_zarr,
@@ -217,7 +217,7 @@ def test_synthetic_pyramid_matches_reference(
 ) -> None:
     """Odd sizes in every axis, z halved at each level (isotropic voxels), chunk depth 4
     for 0.4; tasks of 64 KiB, so planes are split in row bands of one chunk row."""
-    monkeypatch.setattr(omezarr, "TASK_BYTES", 2**16)
+    monkeypatch.setattr(pyramid, "TASK_BYTES", 2**16)
     rng = np.random.default_rng(7)
     data = rng.integers(0, 60000, (21, 600, 530)).astype(np.uint16)
     src = _tiff(tmp_path / "in.tif", data)
@@ -345,14 +345,14 @@ def test_bad_arguments(tmp_path: Path, stp: SliceFolder) -> None:
 def test_integrity_error_removes_the_output(
     tmp_path: Path, stp: SliceFolder, version: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    encode = omezarr._encode_chunks
+    encode = pyramid.encode_chunks
 
     def corrupt(planes, z0, y0, level):
         if level.path == "0" and z0 == 0:
             planes = [planes[0] ^ 1, *planes[1:]]  # one changed plane, as a bad disk would
         return encode(planes, z0, y0, level)
 
-    monkeypatch.setattr(omezarr, "_encode_chunks", corrupt)
+    monkeypatch.setattr(pyramid, "encode_chunks", corrupt)
     out = tmp_path / "bad.ome.zarr"
     with pytest.raises(IntegrityError, match="hashes to"):
         write_ome_zarr(out, stp, physical_size_zyx_um=STP_UM, name="x", version=version)

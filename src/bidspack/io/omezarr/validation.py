@@ -1,0 +1,169 @@
+"""Validation of OME-Zarr images: official NGFF JSON schemas, ome-zarr-models, and
+bidspack's own array checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidspack.errors import SourceError, ToolError
+from bidspack.io.omezarr.reader import (
+    detect_version,
+    iter_slabs,
+    multiscale_of,
+    open_level,
+    read_attributes,
+    scale_of,
+)
+from bidspack.io.omezarr.versions import NgffVersion
+
+
+def _schema_dirs() -> list[Path]:
+    """Where the official NGFF JSON schemas (``<dir>/0.4/*.schema``, ``0.5``) are looked
+    for: ``$BIDSPACK_NGFF_SCHEMAS``, then ``bidspack/specs/ngff`` in the package, then
+    ``shared/ngff-schemas`` beside the source checkout."""
+    dirs = []
+    if os.environ.get("BIDSPACK_NGFF_SCHEMAS"):
+        dirs.append(Path(os.environ["BIDSPACK_NGFF_SCHEMAS"]))
+    here = Path(__file__).resolve()
+    dirs.append(here.parents[2] / "specs" / "ngff")
+    if len(here.parents) > 5:
+        dirs.append(here.parents[5] / "shared" / "ngff-schemas")
+    return dirs
+
+
+@lru_cache(maxsize=4)
+def ngff_schema_validators(version: str) -> dict[str, Any]:
+    """``{"image.schema": validator, "strict_image.schema": validator}`` for *version*,
+    from the official OME-NGFF JSON Schemas (draft 2020-12), with a
+    ``referencing.Registry`` of every schema of that version (they refer to each other
+    by ``$id``).
+
+    Raises:
+        ToolError: the schemas are not found (see :func:`_schema_dirs`).
+    """
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    folder = next((d / version for d in _schema_dirs() if (d / version).is_dir()), None)
+    if folder is None:
+        raise ToolError(
+            None,
+            f"the OME-NGFF {version} JSON schemas were not found",
+            hint="set BIDSPACK_NGFF_SCHEMAS to a folder with 0.4/ and 0.5/ schemas",
+        )
+    resources = []
+    schemas = {}
+    for file in sorted(folder.glob("*.schema")):
+        contents = json.loads(file.read_text(encoding="utf-8"))
+        schemas[file.name] = contents
+        resource = Resource.from_contents(contents, default_specification=DRAFT202012)
+        resources.append((contents["$id"], resource))
+    registry: Registry = Registry().with_resources(resources)
+    return {
+        name: Draft202012Validator(schemas[name], registry=registry)
+        for name in ("image.schema", "strict_image.schema")
+    }
+
+
+def validate_ome_zarr(path: Path, *, full: bool = False) -> list[str]:
+    """Problems of the OME-Zarr image at *path* (empty list: none found).
+
+    Checks: the root attributes against the official OME-NGFF JSON schemas of its version
+    (``image.schema`` and ``strict_image.schema``); the group with ome-zarr-models
+    (metadata model, arrays present with matching dimensionality, 0.5 dimension names;
+    its validation warnings count as problems); every level opens with zarr-python as a
+    3D array of one dtype, each level's size on each axis is its predecessor's or half of
+    it (rounded either way) with a matching scale (twice the predecessor's, or the exact
+    size ratio), and its first and last planes decode (every chunk with ``full=True``).
+
+    Raises:
+        ToolError: the NGFF JSON schemas are not found.
+    """
+    path = Path(path)
+    try:
+        fmt = detect_version(path)
+        attributes = read_attributes(path, fmt)
+    except SourceError as exc:
+        return [exc.message]
+    problems = []
+    for schema, validator in ngff_schema_validators(fmt.version).items():
+        for err in sorted(validator.iter_errors(attributes), key=lambda e: e.json_path):
+            problems.append(f"{schema}: {err.json_path}: {err.message}")
+    problems += _ome_zarr_models_problems(path, fmt)
+    try:
+        problems += _array_problems(path, full=full)
+    except SourceError as exc:
+        problems.append(exc.message)
+    return problems
+
+
+def _ome_zarr_models_problems(path: Path, fmt: NgffVersion) -> list[str]:
+    import zarr
+    from ome_zarr_models.v04.image import Image as ImageV04
+    from ome_zarr_models.v05.image import Image as ImageV05
+
+    model = ImageV05 if fmt.version == "0.5" else ImageV04
+    problems = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            group = zarr.open_group(str(path), mode="r", zarr_format=fmt.zarr_format)
+            model.from_zarr(group)
+        except Exception as exc:  # pydantic / zarr errors
+            problems.append(f"ome-zarr-models: {type(exc).__name__}: {exc}")
+    for w in caught:
+        if w.category.__module__.startswith("ome_zarr_models"):
+            problems.append(f"ome-zarr-models warning: {w.message}")
+    return problems
+
+
+def _array_problems(path: Path, *, full: bool) -> list[str]:
+    _, ms = multiscale_of(path)
+    problems: list[str] = []
+    prev: Any = None
+    prev_scale: list[float] | None = None
+    for i, ds in enumerate(ms.get("datasets", [])):
+        where = f"level {i} ({ds.get('path')})"
+        arr = open_level(path, i)
+        try:
+            scale = scale_of(ds.get("coordinateTransformations", []))
+        except KeyError:
+            problems.append(f"{where}: no scale transformation")
+            scale = None
+        if arr.ndim != 3:
+            problems.append(f"{where}: {arr.ndim} dimensions, expected 3 (z, y, x)")
+            continue
+        if prev is not None:
+            if arr.dtype != prev.dtype:
+                problems.append(f"{where}: dtype {arr.dtype} differs from level 0's")
+            for axis, (n, m) in enumerate(zip(prev.shape, arr.shape, strict=True)):
+                if m not in (n, n // 2, -(-n // 2)):
+                    problems.append(f"{where}: size {m} on axis {axis} is not {n} or half of it")
+                elif scale is not None and prev_scale is not None and n > 1:
+                    # 2x (block downsampling) or the exact size ratio (resampling writers)
+                    wants = {prev_scale[axis] * f for f in ((1.0,) if m == n else (2.0, n / m))}
+                    if not any(math.isclose(scale[axis], w, rel_tol=1e-6) for w in wants):
+                        problems.append(
+                            f"{where}: scale {scale[axis]} on axis {axis} does not match its "
+                            f"size {m} (expected {' or '.join(f'{w:g}' for w in sorted(wants))})"
+                        )
+        try:
+            if full:
+                for _ in iter_slabs(arr):
+                    pass
+            else:
+                np.asarray(arr[:1])
+                np.asarray(arr[-1:])
+        except Exception as exc:
+            problems.append(f"{where}: unreadable chunks ({type(exc).__name__}: {exc})")
+        prev, prev_scale = arr, scale
+    return problems
