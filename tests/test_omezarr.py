@@ -277,6 +277,7 @@ def test_distributed_cluster_gives_the_same_bytes(tmp_path: Path, stp: SliceFold
     """The conversion on a dask.distributed LocalCluster (2 worker processes), through a
     Client and through the scheduler's address, writes the bytes of the local run."""
     import distributed  # a declared dependency (dask[distributed])
+
     kw = {"physical_size_zyx_um": STP_UM, "name": "stp"}
     local = {v: tmp_path / f"local{v}.ome.zarr" for v in VERSIONS}
     for v, out in local.items():
