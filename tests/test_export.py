@@ -432,6 +432,25 @@ def test_bagit(packaged: Path, tmp_path: Path) -> None:
         check_bag(out, read_manifest(packaged))
 
 
+def test_exports_are_reproducible(packaged: Path, tmp_path: Path) -> None:
+    """One dataset state exported twice: the same bytes, dates included (they come from
+    the dataset's last provenance record, not the clock)."""
+    last = read_records(packaged)[0]["Records"]["Activities"][0]["EndedAtTime"]
+    for fmt, files in (
+        ("ro-crate", ("ro-crate-metadata.json",)),
+        ("bagit", ("bag-info.txt", "tagmanifest-sha256.txt", "manifest-sha256.txt")),
+    ):
+        first, second = tmp_path / f"{fmt}-1", tmp_path / f"{fmt}-2"
+        exported(packaged, first, fmt)
+        exported(packaged, second, fmt)
+        for name in files:
+            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    crate = json.loads((tmp_path / "ro-crate-1" / "ro-crate-metadata.json").read_text())
+    root = next(e for e in crate["@graph"] if e["@id"] == "./")
+    assert root["datePublished"].startswith(last[:19])
+    assert bagit.Bag(str(tmp_path / "bagit-1")).info["Bagging-Date"] == last[:10]
+
+
 # --------------------------------------------------------------------------- refusals
 
 
