@@ -109,6 +109,20 @@ def test_package_release_clone_get_verify_rerun(example, no_git_identity, tmp_pa
     assert (clone / "code/bidspack/manifest.tsv").read_bytes() == manifest_before
     changed = git("diff", "--name-only", "1.0.0", "HEAD", cwd=clone).split()
     assert changed and all(p.startswith("code/bidspack/provenance/") for p in changed)
+    # the run record of the dataset step replays that step only: one provenance record
+    assert len(changed) == 1, changed
+    assert git("status", "--porcelain", cwd=clone) == ""
+    assert bidspack("verify", ".", cwd=clone).returncode == 0
+    # an image step's commit replays that image's conversion, byte for byte
+    step = "sub-45670ko/640_N4"
+    commit = git("log", "--format=%H", f"--grep=bidspack package: {step}$", cwd=clone).split()[0]
+    assert f"--step {step}" in git("log", "-1", "--format=%B", commit, cwd=clone)
+    head = git("rev-parse", "HEAD", cwd=clone).strip()
+    rr = run("datalad", "rerun", commit, cwd=clone)
+    assert rr.returncode == 0, rr.stderr + rr.stdout
+    changed = git("diff", "--name-only", head, "HEAD", cwd=clone).split()
+    assert len(changed) == 1 and changed[0].startswith("code/bidspack/provenance/"), changed
+    assert (clone / "code/bidspack/manifest.tsv").read_bytes() == manifest_before
     assert git("status", "--porcelain", cwd=clone) == ""
     assert bidspack("verify", ".", cwd=clone).returncode == 0
 

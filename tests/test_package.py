@@ -158,3 +158,39 @@ def test_real_stp_stack(realdata: Path, tmp_path: Path) -> None:
     sidecar = json.loads(out.with_name(out.name.replace(".ome.tif", ".json")).read_text())
     assert sidecar["PixelSize"] == [40, 40, 50] and sidecar["PixelSizeUnits"] == "um"
     assert snapshot(slices) == before
+
+
+def test_step_option_applies_only_the_named_steps(example, tmp_path: Path) -> None:
+    """--step: only matching steps run (changed inputs elsewhere wait for a full run);
+    a pattern matching no step is a clean error naming the steps."""
+    sub, spec_path = example
+    ds = tmp_path / "ds"
+    assert not [r for r in package(sub, ds, load_spec(spec_path)) if r.status == "error"]
+    for folder in sorted(sub.glob("*/640_N4")):  # change one slice of every subject
+        first = sorted(folder.glob("Z*.tif"))[0]
+        plane = tifffile.imread(first)
+        plane[0, 0] ^= 1
+        tifffile.imwrite(first, plane)
+    before = snapshot(ds / "sub-45671floxed")
+    cli = [sys.executable, "-m", "bidspack", "package", str(sub), str(ds), "--spec"]
+    proc = subprocess.run(
+        [*cli, str(spec_path), "--step", "sub-45670ko/*", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    ran = [r["path"] for r in records if r["action"] == "step" and r["status"] == "ok"]
+    assert ran == ["sub-45670ko/640_N4"]
+    assert snapshot(ds / "sub-45671floxed") == before  # selected out: untouched
+    rest = [r.path for r in package(sub, ds, load_spec(spec_path)) if r.action == "step"]
+    assert "sub-45671floxed/640_N4" in rest
+    bad = subprocess.run(
+        [*cli, str(spec_path), "--step", "sub-nobody/*"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1 and "matches no step" in bad.stderr and "Traceback" not in bad.stderr
+    assert "sub-45670ko/640_N4" in bad.stderr  # the hint lists steps

@@ -67,6 +67,8 @@ class Channel:
     required: bool
     sidecar: dict[str, Any]
     extras: str
+    labels_of: str | None = None
+    label_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,10 @@ def load_spec(path: Path) -> PackagingSpec:
                 required=ch.get("required", True),
                 sidecar=dict(ch.get("sidecar", {})),
                 extras=ch.get("extras", "sourcedata"),
+                labels_of=ch["labels_of"].strip("/") if ch.get("labels_of") else None,
+                label_name=ch.get("label_name")
+                or re.sub(r"[^A-Za-z0-9._-]", "_", ch.get("desc") or folder).lstrip("._-")
+                or f"label{i}",
             )
         )
     from bidspack.bids.schema import micr_rule
@@ -281,6 +287,36 @@ def load_spec(path: Path) -> PackagingSpec:
                 f"{ch.suffix!r} is not a BIDS microscopy suffix "
                 f"({', '.join(micr_rule()['suffixes'])})",
             )
+    output = {
+        "compression": "zlib",
+        "compression_level": 6,
+        "tile": 256,
+        "formats": ["ome-tiff"],
+        "ngff_version": "0.5",
+        **doc.get("output", {}),
+    }
+    by_folder = {ch.folder: ch for ch in channels}
+    label_names: dict[tuple[str, str], int] = {}
+    for ch in channels:
+        if ch.labels_of is None:
+            continue
+        where: list[str | int] = ["channels", ch.index, "labels_of"]
+        if ch.image != "label":
+            raise fail(where, "labels_of is for label images (image = 'label')")
+        target = by_folder.get(ch.labels_of)
+        if target is None or target.image != "intensity":
+            raise fail(where, f"{ch.labels_of!r} is not the folder of an intensity channel")
+        if "ome-zarr" not in output["formats"]:
+            raise fail(where, "NGFF labels need 'ome-zarr' in output.formats")
+        assert ch.label_name is not None
+        named = (ch.labels_of, ch.label_name)
+        if named in label_names:
+            raise fail(
+                ["channels", ch.index, "label_name"],
+                f"channels {label_names[named]} and {ch.index} are both label "
+                f"{ch.label_name!r} of {ch.labels_of!r}",
+            )
+        label_names[named] = ch.index
     dataset = dict(doc["dataset"])
     return PackagingSpec(
         source=path,
@@ -299,12 +335,5 @@ def load_spec(path: Path) -> PackagingSpec:
             Exclude(e["path"].strip("/"), e["reason"], _evidence(path, e, i, fail))
             for i, e in enumerate(doc.get("exclude", []))
         ),
-        output={
-            "compression": "zlib",
-            "compression_level": 6,
-            "tile": 256,
-            "formats": ["ome-tiff"],
-            "ngff_version": "0.5",
-            **doc.get("output", {}),
-        },
+        output=output,
     )

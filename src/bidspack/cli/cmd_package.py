@@ -11,7 +11,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bidspack.cli.base import json_option, map_errors, render
-from bidspack.ops.package import package
+from bidspack.ops.package import Execution, package
 from bidspack.spec import load_spec
 
 
@@ -35,6 +35,23 @@ from bidspack.spec import load_spec
     help="Make DATASET a DataLad dataset; save every committed step with a run record.",
 )
 @click.option(
+    "--step",
+    "steps",
+    multiple=True,
+    metavar="STEP",
+    help="Apply only this step (a name such as sub-45670ko/640_N4 or dataset, or a glob "
+    "such as 'sub-45670ko/*'; repeatable). Other steps are left as they are.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), help="Local threads for OME-Zarr (default: CPUs)."
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Encode OME-Zarr output on an existing dask.distributed cluster "
+    "(e.g. tcp://10.0.0.5:8786); same bytes as a local run.",
+)
+@click.option(
     "--no-recover",
     is_flag=True,
     help="Refuse to run if an interrupted run left unfinished transactions.",
@@ -49,6 +66,9 @@ def package_cmd(
     no_validate: bool,
     datalad: bool,
     no_recover: bool,
+    steps: tuple[str, ...],
+    workers: int | None,
+    scheduler: str | None,
     as_json: bool,
 ) -> None:
     """Package a microscopy SUBMISSION folder into a BIDS DATASET.
@@ -56,6 +76,8 @@ def package_cmd(
     The submission is only read. Each step (one subject's channel folder, then the
     dataset metadata) is staged under DATASET/.bidspack/txn/ and committed atomically;
     re-running after a crash keeps finished steps (notneeded) and does the rest.
+    With --datalad every step is saved with a run record of this command plus
+    --step STEP, so `datalad rerun COMMIT` replays that one step.
     """
     spec = load_spec(spec_path)
     # the command a DataLad run record replays: paths relative to the dataset, so that a
@@ -97,6 +119,8 @@ def package_cmd(
             recover_first=not no_recover,
             datalad=datalad,
             run_cmd=run_cmd,
+            only=steps,
+            dask=Execution(workers=workers, scheduler=scheduler),
         )
         counts = render(
             records,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bidspack import __version__
+from bidspack.cli.cmd_aggregate import aggregate_cmd
 from bidspack.cli.cmd_demo import demo_cmd
 from bidspack.cli.cmd_export import export_cmd
 from bidspack.cli.cmd_hashdiff import duplicates_cmd, hashdiff_cmd
@@ -26,6 +27,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 cli.add_command(package_cmd)
+cli.add_command(aggregate_cmd)
 cli.add_command(validate_cmd)
 cli.add_command(demo_cmd)
 cli.add_command(recover_cmd)

@@ -9,12 +9,14 @@ OME-TIFF layout of :mod:`bidspack.io.ometiff`.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import re
+import shlex
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,6 +40,16 @@ from bidspack.txn.steps import fingerprint, hash_inputs, load_record, record_pat
 from bidspack.txn.transaction import STATE_DIR, pending
 
 ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where OME-Zarr encoding runs: *workers* local threads (default: CPU count) or a
+    ``dask.distributed`` *scheduler* (a ``tcp://`` address or a ``Client``); see
+    :func:`bidspack.io.omezarr.write_ome_zarr`."""
+
+    workers: int | None = None
+    scheduler: object = None
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -209,6 +221,7 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
 
     for subj in subjects:
         accounted: set[str] = set()
+        images: dict[str, _Image] = {}
         for ch in spec.channels:
             rel = f"{subj.folder}/{ch.folder}"
             step = f"sub-{subj.label}/{ch.folder}"
@@ -274,7 +287,11 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                             "tile": out["tile"],
                         }
                     claim(target, rel)
+                    if fmt == "ome-zarr":
+                        images[ch.folder] = _Image(rel, src.shape, voxel, src_rels, len(converts))
                     converts.append(Action("convert", target, src_rels, params, step=step))
+                if "ome-zarr" not in out["formats"]:
+                    images[ch.folder] = _Image(rel, src.shape, voxel, src_rels, None)
                 claim(stem + ".json", rel)
                 sidecar = metadata.micr_sidecar(voxel, spec.raw.get("sidecar", {}), ch.sidecar)
                 converts.append(Action("write", stem + ".json", (), step=step, content=sidecar))
@@ -290,6 +307,7 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                     target = f"sourcedata/sub-{subj.label}/{inner}"
                 claim(target, f)
                 copies.append(Action("copy", target, (f,), step=step))
+        _attach_labels(spec, submission, images, converts)
         # Everything else in the subject folder must be excluded explicitly.
         rest = [f for f in _files_under(submission, subj.folder) if f not in accounted]
         loose: list[str] = []
@@ -311,6 +329,61 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
     writes = _metadata_actions(spec, subjects, pipelines)
     params = {"spec": spec.source.name, "output": dict(out)}
     return Plan("package", params, [*writes, *converts, *copies, *_merge_excludes(actions)])
+
+
+@dataclass(frozen=True)
+class _Image:
+    """A subject's planned image: submission-relative folder, ``(z, y, x)`` shape, voxel
+    size in micrometres, source files, and the index of its OME-Zarr convert action."""
+
+    rel: str
+    shape: tuple[int, int, int]
+    voxel_um: tuple[float, float, float]
+    sources: tuple[str, ...]
+    zarr_action: int | None
+
+
+def _attach_labels(
+    spec: PackagingSpec, submission: Path, images: dict[str, _Image], converts: list[Action]
+) -> None:
+    """Give each intensity image's OME-Zarr convert action the label images that name
+    it in ``labels_of`` (``params["labels"]``: name and source files, in spec order).
+
+    Raises:
+        PlanError: a label image's shape or voxel size differs from its image's.
+    """
+    for ch in spec.channels:
+        label, image = images.get(ch.folder), images.get(ch.labels_of or "")
+        if ch.labels_of is None or label is None or image is None:
+            continue
+        if label.shape != image.shape:
+            raise PlanError(
+                submission / label.rel,
+                f"label image of shape {label.shape} (z, y, x) cannot be an NGFF label of "
+                f"{image.rel} of shape {image.shape}",
+                hint="NGFF labels have their image's shape; remove labels_of from the spec",
+            )
+        if not all(
+            math.isclose(a, b, rel_tol=1e-6)
+            for a, b in zip(label.voxel_um, image.voxel_um, strict=True)
+        ):
+            raise PlanError(
+                submission / label.rel,
+                f"voxel size {label.voxel_um} um differs from {image.voxel_um} um of "
+                f"{image.rel}, the image it is a label of",
+            )
+        assert image.zarr_action is not None  # the spec requires ome-zarr output
+        action = converts[image.zarr_action]
+        entry = {"name": ch.label_name, "folder": label.rel, "sources": list(label.sources)}
+        params = {**action.params, "labels": [*action.params.get("labels", []), entry]}
+        converts[image.zarr_action] = replace(action, params=params)
+
+
+def _action_inputs(action: Action) -> list[str]:
+    """Every submission file an action reads: its sources, and those of the NGFF label
+    images of an OME-Zarr convert action."""
+    extra = [s for lb in action.params.get("labels", []) for s in lb["sources"]]
+    return [*action.sources, *extra]
 
 
 def _merge_excludes(actions: list[Action]) -> list[Action]:
@@ -407,6 +480,34 @@ def _steps(plan: Plan) -> list[tuple[str, list[Action]]]:
     return [(s, groups[s]) for s in order]
 
 
+def select_steps(
+    steps: list[tuple[str, list[Action]]], only: Sequence[str] | None, submission: Path
+) -> list[tuple[str, list[Action]]]:
+    """The steps whose name (``sub-<label>/<folder>``, ``sub-<label>`` for a subject's
+    loose excludes, or ``dataset``) matches one of *only* (exact names or
+    :mod:`fnmatch` globs such as ``sub-45670ko/*``); every step if *only* is empty.
+
+    Raises:
+        PlanError: a pattern matches no step.
+    """
+    if not only:
+        return steps
+    names = [name for name, _ in steps]
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            shown = ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+            raise PlanError(
+                submission,
+                f"--step {pattern!r} matches no step of the plan",
+                hint=f"steps: {shown}",
+            )
+    return [
+        (name, acts)
+        for name, acts in steps
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in only)
+    ]
+
+
 #: Entries of an output folder that do not make it "not empty" (state, version control).
 _HOUSEKEEPING = {STATE_DIR, ".git", ".datalad", ".gitattributes", ".gitignore"}
 
@@ -426,6 +527,8 @@ def apply_plan(
     recover_first: bool = True,
     datalad: bool = False,
     run_cmd: str | None = None,
+    only: Sequence[str] | None = None,
+    dask: Execution | None = None,
 ) -> Iterator[Record]:
     """Carry out *plan* as transactional steps, then validate the dataset.
 
@@ -440,7 +543,12 @@ def apply_plan(
 
     With *datalad* the folder is made a DataLad dataset first; in a DataLad dataset
     every committed step is saved (one ``datalad save``) with a run record whose
-    command is *run_cmd* (see :mod:`bidspack.provenance.datalad`).
+    command is *run_cmd* with ``--step <step>`` (see :mod:`bidspack.provenance.datalad`),
+    so that ``datalad rerun`` of that commit replays that step only.
+
+    With *only* (step names or globs, see :func:`select_steps`) the other steps are
+    left as they are. *dask* says where OME-Zarr encoding runs (not part of a step's
+    fingerprint: the bytes are the same wherever it runs).
 
     Yields one record per step action, ``notneeded`` records for finished steps, then
     the validation records (an error record per validation error).
@@ -449,10 +557,12 @@ def apply_plan(
         OutputError: the folder is neither new, empty nor a bidspack dataset; another
             process holds the dataset lock; unfinished transactions and
             ``recover_first`` is false.
+        PlanError: a pattern of *only* matches no step.
         BidspackError: any error of a step (after cleaning up that step).
     """
     submission = Path(submission)
     dataset = Path(dataset)
+    steps = select_steps(_steps(plan), only, submission)
     created = not dataset.exists()
     had_state = (dataset / STATE_DIR).exists()
     if not created:
@@ -474,13 +584,12 @@ def apply_plan(
                 dl.create(dataset)
                 yield Record("datalad", ".", "ok", "created DataLad dataset (SHA256E)")
             use_datalad = dl.is_datalad(dataset)
-            steps = _steps(plan)
             total = sum(1 for _, acts in steps if any(a.kind == "convert" for a in acts))
             done = 0
             for step, actions in steps:
                 status = "notneeded"
                 for rec in _run_step(
-                    step, actions, plan, submission, dataset, progress, (done, total)
+                    step, actions, plan, submission, dataset, progress, (done, total), dask
                 ):
                     status = rec.status if rec.status != "notneeded" else status
                     yield rec
@@ -492,7 +601,7 @@ def apply_plan(
                         dataset,
                         dl.run_message(
                             f"bidspack package: {step}",
-                            run_cmd or "bidspack package",
+                            f"{run_cmd or 'bidspack package'} --step {shlex.quote(step)}",
                             dataset,
                             targets,
                         ),
@@ -537,6 +646,7 @@ def _run_step(
     dataset: Path,
     progress: ProgressFn | None,
     counter: tuple[int, int],
+    dask: Execution | None = None,
 ) -> Iterator[Record]:
     """Run one step as one transaction (or report it ``notneeded``)."""
     for a in actions:
@@ -556,7 +666,7 @@ def _run_step(
     if not work:
         return
     previous = load_record(dataset, step)
-    inputs = hash_inputs(submission, [s for a in work for s in a.sources], previous)
+    inputs = hash_inputs(submission, [s for a in work for s in _action_inputs(a)], previous)
     described = [
         {**a.to_dict(), **({"content_xxh3": text_xxh3(a.content)} if a.content else {})}
         for a in work
@@ -588,12 +698,15 @@ def _run_step(
         used=[{"path": f"submission:{rel}", "xxh3_128": v["xxh3"]} for rel, v in inputs.items()],
     )
     try:
-        records = list(_stage(work, submission, txn, progress, counter))
+        records = list(_stage(work, submission, txn, progress, counter, dask or Execution()))
         prov.pixel_hashes = {
             (r.path + "/0" if r.path.endswith(".ome.zarr") else r.path): r.details["pixel_hash"]
             for r in records
             if "pixel_hash" in r.details
         }
+        for r in records:
+            for name, digest in r.details.get("labels", {}).items():
+                prov.pixel_hashes[f"{r.path}/labels/{name}/0"] = digest
         for old in (previous or {}).get("outputs", []):
             if old not in targets and (dataset / old).exists():
                 txn.delete(old)
@@ -623,6 +736,7 @@ def _stage(
     txn: Transaction,
     progress: ProgressFn | None,
     counter: tuple[int, int],
+    dask: Execution,
 ) -> Iterator[Record]:
     done, total = counter
     for action in work:
@@ -642,7 +756,14 @@ def _stage(
             src = open_files(files[0].parent, files)
             if progress:
                 progress(action.target, done, total)
+            extra: dict[str, Any] = {}
             if p.get("format") == "ome-zarr":
+                labels = {
+                    lb["name"]: open_files(
+                        submission / lb["folder"], [submission / s for s in lb["sources"]]
+                    )
+                    for lb in p.get("labels", [])
+                }
                 zres = write_ome_zarr(
                     txn.stage_path(action.target),
                     src,
@@ -650,9 +771,15 @@ def _stage(
                     name=p["name"],
                     kind=p["image"],
                     version=p["ngff_version"],
+                    labels=labels,
+                    workers=dask.workers,
+                    scheduler=dask.scheduler,
                 )
                 digest, levels = zres.pixel_hash, [list(lv) for lv in zres.levels]
                 kind = f"OME-Zarr {zres.version}"
+                if zres.labels:
+                    kind += " with labels " + ", ".join(lb.name for lb in zres.labels)
+                    extra["labels"] = {lb.name: lb.pixel_hash for lb in zres.labels}
             else:
                 res = write_ome_tiff(
                     txn.stage_path(action.target),
@@ -680,6 +807,7 @@ def _stage(
                     "levels": levels,
                     "sources": len(files),
                     "step": action.step,
+                    **extra,
                 },
             )
 
@@ -695,19 +823,24 @@ def package(
     recover_first: bool = True,
     datalad: bool = False,
     run_cmd: str | None = None,
+    only: Sequence[str] | None = None,
+    dask: Execution | None = None,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) apply a packaging run; see :func:`build_plan` and
-    :func:`apply_plan`. A dry run yields one ``plan`` record per action and writes nothing.
+    :func:`apply_plan` (*only*: the steps to apply). A dry run yields one ``plan`` record
+    per action (of the selected steps) and writes nothing.
 
     Raises:
         BidspackError: see :func:`build_plan` and :func:`apply_plan`.
     """
     plan = build_plan(submission, spec)
     if dry_run:
+        selected = {name for name, _ in select_steps(_steps(plan), only, Path(submission))}
         for a in plan:
-            yield Record(
-                "plan", a.target or ",".join(a.sources[:1]), "notneeded", a.kind, a.to_dict()
-            )
+            if a.step in selected:
+                yield Record(
+                    "plan", a.target or ",".join(a.sources[:1]), "notneeded", a.kind, a.to_dict()
+                )
         return
     yield from apply_plan(
         plan,
@@ -718,6 +851,8 @@ def package(
         recover_first=recover_first,
         datalad=datalad,
         run_cmd=run_cmd,
+        only=only,
+        dask=dask,
     )
 
 

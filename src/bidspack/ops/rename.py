@@ -10,6 +10,8 @@ What a label touches (BIDS 1.11.1, "Common principles" and "Modality agnostic fi
   ``AssociatedEmptyRoom`` (strings and lists of strings);
 - the OME-XML ``Image`` ``Name`` of OME-TIFFs when it carries the label (the
   ImageDescription of the first IFD, rewritten on a staged copy);
+- the group metadata of OME-Zarr images (NGFF multiscale ``name``, omero channel
+  ``label``; ``zarr.json`` or ``.zattrs`` of the image and of its NGFF labels);
 - bidspack's own records: ``code/bidspack/plan.json`` and ``.bidspack/steps/*``.
 
 Everything is planned first (``--dry-run`` lists every change), then applied as one
@@ -161,6 +163,15 @@ def build_rename_plan(dataset: Path, mapping: dict[str, str]) -> RenamePlan:
                 kind = _content_kind(rel, full, patterns, renamed)
                 if kind:
                     plan.rewrites[renamed(rel)] = (rel, kind)
+            if name.endswith(".ome.zarr") and full.is_dir():
+                for meta in _zarr_group_metadata(full):
+                    inner = meta.relative_to(full).as_posix()
+                    text = meta.read_text(encoding="utf-8", errors="replace")
+                    if any(p.search(text) for p in patterns.values()):
+                        plan.rewrites[f"{renamed(rel)}/{inner}"] = (
+                            f"{rel}/{inner}",
+                            "OME-Zarr metadata",
+                        )
         dirnames[:] = [d for d in dirnames if not d.endswith(".ome.zarr")]
     state = dataset / STATE_DIR / "steps"
     if state.is_dir():
@@ -173,6 +184,14 @@ def build_rename_plan(dataset: Path, mapping: dict[str, str]) -> RenamePlan:
                     plan.renames.append((rel, new_rel))
                 plan.rewrites[new_rel] = (rel, "bidspack step record")
     return plan
+
+
+def _zarr_group_metadata(root: Path) -> list[Path]:
+    """The group metadata files of an OME-Zarr image that can name it: the image's and
+    its NGFF label images' ``zarr.json`` / ``.zattrs`` (multiscale ``name``, omero
+    channel ``label``); chunk folders are not walked."""
+    groups = [root, *sorted(p for p in (root / "labels").glob("*") if p.is_dir())]
+    return [g / f for g in groups for f in ("zarr.json", ".zattrs") if (g / f).is_file()]
 
 
 def _content_kind(

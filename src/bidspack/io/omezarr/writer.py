@@ -7,7 +7,6 @@ from __future__ import annotations
 import colorsys
 import itertools
 import math
-import os
 import re
 import shutil
 from collections.abc import Iterator, Mapping
@@ -213,7 +212,8 @@ def write_ome_zarr(
         chunk: ``(z, y, x)`` chunk shape; default the version's
             :attr:`NgffVersion.default_chunk`. The pyramid stops when y and x fit in one
             chunk.
-        workers: threads of the local Dask scheduler (default: CPU count). Memory grows
+        workers: threads of the local Dask scheduler (default: CPU count; with a
+            ``dask.distributed`` client: the cluster's worker threads). Memory grows
             with it: a step holds about :data:`STEP_TASKS` x workers x :data:`TASK_BYTES`
             of level-0 pixels, and at least one chunk-deep slab of planes.
         scheduler: ``None`` (local threads), a Dask scheduler name, the address of a
@@ -254,8 +254,7 @@ def write_ome_zarr(
     sizes = tuple(float(s) for s in physical_size_zyx_um)
     if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
         raise ValueError(f"physical sizes must be three positive numbers: {physical_size_zyx_um}")
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, not {workers}")
     path = Path(path)
     if path.exists() or path.is_symlink():

@@ -1,0 +1,256 @@
+"""``bidspack aggregate``: one slice folder or stack -> one OME-TIFF or OME-Zarr image,
+outside any BIDS dataset (the conversion ``bidspack package`` runs per channel folder).
+
+The output format follows OUT's name: ``.ome.zarr`` gives a multiscale OME-Zarr
+(:func:`bidspack.io.omezarr.write_ome_zarr`: NGFF 0.5 sharded or 0.4, Dask locally or on
+a ``dask.distributed`` cluster, optional NGFF labels); ``.ome.tif``, ``.ome.tiff`` or
+``.ome.btf`` a tiled OME-TIFF pyramid (:func:`bidspack.io.ometiff.write_ome_tiff`). The
+image is planned first (source, shape, voxel size, format, labels: every problem is a
+clean error before anything is written), then written to a hidden sibling of OUT
+(``.<name>.partial-<pid>``) that is renamed to OUT only after the written pixels hashed
+like the source's: OUT never exists half-written, and an existing OUT is never replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bidspack.errors import OutputError, PlanError
+from bidspack.io.ometiff import Compression, write_ome_tiff
+from bidspack.io.omezarr import DEFAULT_VERSION, NGFF_VERSIONS, write_ome_zarr
+from bidspack.io.sources import ImageSource, open_source
+from bidspack.records import Record
+
+#: Output name endings and the format each gives.
+SUFFIXES = {
+    ".ome.zarr": "ome-zarr",
+    ".ome.tif": "ome-tiff",
+    ".ome.tiff": "ome-tiff",
+    ".ome.btf": "ome-tiff",
+}
+
+
+@dataclass
+class AggregatePlan:
+    """What :func:`aggregate` will write.
+
+    Attributes:
+        source: the opened image, ``(z, y, x)``.
+        out: the output path.
+        fmt: ``"ome-zarr"`` or ``"ome-tiff"``.
+        voxel_um: ``(z, y, x)`` voxel size in micrometres.
+        name: image name (multiscale / OME ``Image`` name).
+        kind: ``"intensity"`` or ``"label"``.
+        labels: NGFF label images (name -> opened source), OME-Zarr only.
+    """
+
+    source: ImageSource
+    out: Path
+    fmt: str
+    voxel_um: tuple[float, float, float]
+    name: str
+    kind: str
+    labels: dict[str, ImageSource] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as JSON-able details (paths as given)."""
+        return {
+            "source": str(self.source.path),
+            "format": self.fmt,
+            "shape_zyx": list(self.source.shape),
+            "dtype": self.source.dtype.name,
+            "voxel_size_zyx_um": list(self.voxel_um),
+            "image": self.kind,
+            "labels": {n: str(s.path) for n, s in self.labels.items()},
+        }
+
+
+def output_format(out: Path) -> str:
+    """``"ome-zarr"`` or ``"ome-tiff"`` from OUT's name (see :data:`SUFFIXES`).
+
+    Raises:
+        PlanError: any other name.
+    """
+    for suffix, fmt in SUFFIXES.items():
+        if out.name.lower().endswith(suffix):
+            return fmt
+    raise PlanError(out, "the output name must end in .ome.zarr, .ome.tif, .ome.tiff or .ome.btf")
+
+
+def plan_aggregate(
+    source: Path,
+    out: Path,
+    *,
+    voxel_size_um: tuple[float, float, float] | None = None,
+    kind: str = "intensity",
+    name: str | None = None,
+    labels: Mapping[str, Path] | None = None,
+) -> AggregatePlan:
+    """Check everything :func:`aggregate` needs before writing anything.
+
+    Raises:
+        PlanError: unknown output format, no voxel size (neither given nor in the
+            OME-XML), a given voxel size contradicting the file's, labels for an OME-TIFF
+            or a label image, a label image of another shape or non-integer pixels.
+        OutputError: OUT exists.
+        SourceError: SOURCE or a label image is not a readable slice folder or stack.
+    """
+    out = Path(out)
+    fmt = output_format(out)
+    if out.exists() or out.is_symlink():
+        raise OutputError(out, "already exists", hint="choose a new output path")
+    src = open_source(Path(source))
+    found = src.info.physical_size
+    if voxel_size_um is None and found is None:
+        raise PlanError(
+            src.path,
+            "the files carry no physical voxel size",
+            hint="give --voxel-size Z,Y,X (micrometres unless --unit says otherwise)",
+        )
+    if (
+        voxel_size_um is not None
+        and found is not None
+        and not all(
+            math.isclose(a, b, rel_tol=1e-6) for a, b in zip(voxel_size_um, found, strict=True)
+        )
+    ):
+        raise PlanError(
+            src.path,
+            f"--voxel-size {voxel_size_um} um (z, y, x) contradicts the file's OME-XML {found} um",
+        )
+    voxel = voxel_size_um or found
+    assert voxel is not None
+    if not all(math.isfinite(v) and v > 0 for v in voxel):
+        raise PlanError(src.path, f"voxel size {voxel} um must be positive")
+    opened: dict[str, ImageSource] = {}
+    for lname, lpath in (labels or {}).items():
+        if fmt != "ome-zarr":
+            raise PlanError(out, "NGFF labels (--label-image) need an .ome.zarr output")
+        if kind != "intensity":
+            raise PlanError(out, "NGFF labels belong to an intensity image, not to a label image")
+        lsrc = open_source(Path(lpath))
+        if lsrc.shape != src.shape:
+            raise PlanError(
+                lsrc.path,
+                f"label image {lname!r} has shape {lsrc.shape} (z, y, x), the image "
+                f"{src.shape}: NGFF labels must match their image",
+            )
+        if lsrc.dtype.kind not in "ui":
+            raise PlanError(lsrc.path, f"label image pixels are {lsrc.dtype}, not integers")
+        opened[lname] = lsrc
+    if kind == "label" and src.dtype.kind not in "ui":
+        raise PlanError(src.path, f"label image pixels are {src.dtype}, not integers")
+    stem = out.name
+    for suffix in SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return AggregatePlan(src, out, fmt, (voxel[0], voxel[1], voxel[2]), name or stem, kind, opened)
+
+
+def aggregate(
+    plan: AggregatePlan,
+    *,
+    ngff_version: str = DEFAULT_VERSION,
+    chunk: tuple[int, int, int] | None = None,
+    workers: int | None = None,
+    scheduler: object = None,
+    compression: Compression = "zlib",
+    compression_level: int = 6,
+    tile: int = 256,
+) -> Iterator[Record]:
+    """Write the image of *plan* (from :func:`plan_aggregate`); yield one record.
+
+    ``ngff_version``, ``chunk``, ``workers`` and ``scheduler`` (a ``tcp://`` address of a
+    ``dask.distributed`` scheduler, or a ``Client``) apply to OME-Zarr output;
+    ``compression``, ``compression_level`` and ``tile`` to OME-TIFF output.
+
+    Raises:
+        PlanError: options that do not fit the format (e.g. a scheduler for OME-TIFF) or
+            that the writer rejects (bad chunk shape, NGFF version).
+        SourceError: a plane cannot be decoded.
+        IntegrityError: the written pixels do not hash like the source's.
+        ToolError: the Dask scheduler cannot be reached.
+        OutputError: OUT appeared meanwhile.
+    """
+    out = plan.out
+    if plan.fmt == "ome-tiff" and (scheduler is not None or chunk is not None):
+        raise PlanError(out, "--scheduler and --chunk apply to .ome.zarr output only")
+    if str(ngff_version) not in NGFF_VERSIONS:
+        raise PlanError(
+            out, f"OME-NGFF version {ngff_version} is not supported ({', '.join(NGFF_VERSIONS)})"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        if plan.fmt == "ome-zarr":
+            try:
+                zres = write_ome_zarr(
+                    partial,
+                    plan.source,
+                    physical_size_zyx_um=plan.voxel_um,
+                    name=plan.name,
+                    kind="label" if plan.kind == "label" else "intensity",
+                    version=str(ngff_version),
+                    chunk=chunk,
+                    workers=workers,
+                    scheduler=scheduler,
+                    labels=plan.labels,
+                )
+            except ValueError as exc:
+                raise PlanError(out, str(exc)) from exc
+            details: dict[str, Any] = {
+                "pixel_hash": zres.pixel_hash,
+                "levels": [list(lv) for lv in zres.levels],
+                "files": zres.files,
+                "bytes": zres.nbytes,
+                "labels": {lb.name: lb.pixel_hash for lb in zres.labels},
+            }
+            what = f"OME-Zarr {zres.version}, {len(zres.levels)} level(s), {zres.files} file(s)"
+            if zres.labels:
+                what += ", labels " + ", ".join(lb.name for lb in zres.labels)
+        else:
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.work-") as work:
+                tres = write_ome_tiff(
+                    partial,
+                    plan.source,
+                    physical_size_zyx_um=plan.voxel_um,
+                    name=plan.name,
+                    kind="label" if plan.kind == "label" else "intensity",
+                    compression=compression,
+                    compression_level=compression_level,
+                    tile=tile,
+                    workdir=Path(work),
+                    max_workers=workers,
+                )
+            details = {
+                "pixel_hash": tres.pixel_hash,
+                "levels": [list(lv) for lv in tres.levels],
+                "files": 1,
+                "bytes": partial.stat().st_size,
+            }
+            what = f"OME-TIFF, {len(tres.levels)} level(s)"
+        if out.exists() or out.is_symlink():
+            raise OutputError(out, "appeared while it was being written; nothing replaced")
+        os.replace(partial, out)
+    except BaseException:
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        raise
+    shape = "x".join(map(str, plan.source.shape))
+    yield Record(
+        "aggregate",
+        str(out),
+        "ok",
+        f"{len(plan.source.files)} file(s) {shape} {plan.source.dtype} -> {what}",
+        {**plan.describe(), **details},
+    )

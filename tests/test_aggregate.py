@@ -1,0 +1,182 @@
+"""``bidspack aggregate``: a slice folder or stack -> OME-Zarr or OME-TIFF, locally and
+on a dask.distributed cluster given by address; clean errors, no partial output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from bidspack.io.ometiff import pixel_hash_of_file
+from bidspack.io.omezarr import ome_zarr_scale_um, pixel_hash_of_zarr, validate_ome_zarr
+from bidspack.io.sources import SliceFolder, TiffStack
+from conftest import snapshot
+
+
+def bidspack(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bidspack", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def record(proc: subprocess.CompletedProcess[str]) -> dict:
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    (line,) = proc.stdout.splitlines()
+    return json.loads(line)
+
+
+def test_aggregate_local_and_on_a_cluster_by_address(realdata: Path, tmp_path: Path) -> None:
+    """The real STP slices, as OME-Zarr 0.5 locally and through `--scheduler tcp://...`
+    of a running LocalCluster with 2 worker processes: the same bytes; as OME-TIFF: the
+    same pixel hash."""
+    import distributed
+
+    slices = realdata / "stp_mouse_brain" / "slices"
+    expected = SliceFolder(slices)
+    common = ["--voxel-size", "50,40,40", "--name", "stp", "--json"]
+    local = record(bidspack("aggregate", str(slices), str(tmp_path / "local.ome.zarr"), *common))
+    assert local["status"] == "ok" and local["details"]["format"] == "ome-zarr"
+    zarr_hash = pixel_hash_of_zarr(tmp_path / "local.ome.zarr")
+    assert local["details"]["pixel_hash"] == zarr_hash
+    assert validate_ome_zarr(tmp_path / "local.ome.zarr", full=True) == []
+    assert ome_zarr_scale_um(tmp_path / "local.ome.zarr") == pytest.approx((50.0, 40.0, 40.0))
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tcp://")
+        remote = record(
+            bidspack(
+                "aggregate",
+                str(slices),
+                str(tmp_path / "cluster.ome.zarr"),
+                *common,
+                "--scheduler",
+                address,
+            )
+        )
+    assert remote["details"]["pixel_hash"] == zarr_hash
+    assert snapshot(tmp_path / "cluster.ome.zarr") == snapshot(tmp_path / "local.ome.zarr")
+    tiff = record(bidspack("aggregate", str(slices), str(tmp_path / "stp.ome.tif"), *common))
+    assert tiff["details"]["pixel_hash"] == pixel_hash_of_file(tmp_path / "stp.ome.tif")
+    assert tiff["details"]["pixel_hash"] == zarr_hash
+    assert list(tmp_path.glob(".*")) == []  # no partial or work folders left
+    assert expected.shape == (270, 193, 271)
+
+
+def test_aggregate_with_ngff_labels_from_real_masks(realdata: Path, tmp_path: Path) -> None:
+    d = realdata / "stp_mouse_brain"
+    out = tmp_path / "brain.ome.zarr"
+    rec = record(
+        bidspack(
+            "aggregate",
+            str(d / "downsampled.tiff"),
+            str(out),
+            "--voxel-size",
+            "100,100,100",
+            "--chunk",
+            "1,32,32",
+            "--label-image",
+            f"hemispheres={d / 'registered_hemispheres.tiff'}",
+            "--json",
+        )
+    )
+    assert list(rec["details"]["labels"]) == ["hemispheres"]
+    assert (
+        pixel_hash_of_zarr(out / "labels" / "hemispheres")
+        == rec["details"]["labels"]["hemispheres"]
+    )
+    assert validate_ome_zarr(out) == []
+
+
+def test_aggregate_bad_input_is_a_clean_error(realdata: Path, tmp_path: Path) -> None:
+    slices = realdata / "stp_mouse_brain" / "slices"
+    d = realdata / "stp_mouse_brain"
+    existing = tmp_path / "exists.ome.zarr"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("user data")
+    floats = tmp_path / "floats.tif"
+    tifffile.imwrite(floats, np.zeros((135, 77, 108), np.float32))
+    cases = {
+        "no voxel size": ([str(slices), str(tmp_path / "a.ome.zarr")], "no physical voxel size"),
+        "bad suffix": (
+            [str(slices), str(tmp_path / "a.zarr"), "--voxel-size", "1,1,1"],
+            ".ome.zarr",
+        ),
+        "exists": ([str(slices), str(existing), "--voxel-size", "1,1,1"], "already exists"),
+        "bad voxel": ([str(slices), str(tmp_path / "a.ome.zarr"), "--voxel-size", "1,1"], "Z,Y,X"),
+        "no source": ([str(tmp_path / "nope"), str(tmp_path / "a.ome.zarr")], "nope"),
+        "label shape": (
+            [
+                str(slices),
+                str(tmp_path / "a.ome.zarr"),
+                "--voxel-size",
+                "1,1,1",
+                "--label-image",
+                f"h={d / 'registered_hemispheres.tiff'}",
+            ],
+            "NGFF labels must match",
+        ),
+        "float label": (
+            [
+                str(d / "downsampled.tiff"),
+                str(tmp_path / "a.ome.zarr"),
+                "--voxel-size",
+                "1,1,1",
+                "--label-image",
+                f"f={floats}",
+            ],
+            "not integers",
+        ),
+        "labels in tiff": (
+            [
+                str(d / "downsampled.tiff"),
+                str(tmp_path / "a.ome.tif"),
+                "--voxel-size",
+                "1,1,1",
+                "--label-image",
+                f"h={d / 'registered_hemispheres.tiff'}",
+            ],
+            ".ome.zarr output",
+        ),
+        "scheduler for tiff": (
+            [
+                str(d / "downsampled.tiff"),
+                str(tmp_path / "a.ome.tif"),
+                "--voxel-size",
+                "1,1,1",
+                "--scheduler",
+                "tcp://127.0.0.1:1",
+            ],
+            ".ome.zarr output only",
+        ),
+        "no scheduler there": (
+            [
+                str(d / "downsampled.tiff"),
+                str(tmp_path / "a.ome.zarr"),
+                "--voxel-size",
+                "1,1,1",
+                "--scheduler",
+                "tcp://127.0.0.1:9",
+            ],
+            "cannot connect to the Dask scheduler",
+        ),
+    }
+    before = snapshot(tmp_path)
+    for what, (args, message) in cases.items():
+        proc = bidspack("aggregate", *args)
+        assert proc.returncode != 0, what
+        assert message in proc.stderr, (what, proc.stderr)
+        assert "Traceback" not in proc.stderr, what
+        assert proc.stderr.startswith("Error:"), what
+        assert snapshot(tmp_path) == before, f"{what}: left output behind"
+    assert TiffStack(floats).shape == (135, 77, 108)
