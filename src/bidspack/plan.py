@@ -2,8 +2,10 @@
 
 A plan holds dataset-relative target paths and submission-relative source paths only,
 so it can be printed (``--dry-run``), stored and compared between runs. Every input
-file of the submission appears in exactly one action: ``convert`` (image slices or
-stacks to OME-TIFF), ``copy`` (non-image files) or ``exclude`` (with a reason).
+file of the submission appears in exactly one action: ``convert`` (image slices,
+stacks or vendor files to OME-TIFF / OME-Zarr), ``copy`` (non-image files) or
+``exclude`` (with a reason) -- except a vendor file whose channels several spec entries
+``select``: it feeds one ``convert`` per entry.
 ``write`` actions create metadata files (sidecars, tables, dataset_description.json).
 The JSON form is described by ``specs/plan.schema.json``.
 """

@@ -69,6 +69,16 @@ class Channel:
     extras: str
     labels_of: str | None = None
     label_name: str | None = None
+    select: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """What identifies the entry: its folder, plus its selection inside a vendor
+        file (``cells.czi[channel=1,time=0]``)."""
+        if not self.select:
+            return self.folder
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.select.items()))
+        return f"{self.folder}[{inner}]"
 
 
 @dataclass(frozen=True)
@@ -247,9 +257,14 @@ def load_spec(path: Path) -> PackagingSpec:
         if ch.get("extras") == "derivative" and ctype != "derivative":
             raise fail(["channels", i, "extras"], "extras = 'derivative' needs a derivative")
         folder = ch["folder"].strip("/")
-        if folder in folders:
-            raise fail(["channels", i, "folder"], f"folder {folder!r} is listed twice")
-        folders.add(folder)
+        select = dict(ch.get("select", {}))
+        key = folder + (json.dumps(select, sort_keys=True) if select else "")
+        if key in folders:
+            raise fail(
+                ["channels", i, "folder"],
+                f"folder {folder!r} is listed twice" + (" with the same select" if select else ""),
+            )
+        folders.add(key)
         vs = ch.get("voxel_size")
         voxel = None
         if vs is not None:
@@ -273,6 +288,7 @@ def load_spec(path: Path) -> PackagingSpec:
                 sidecar=dict(ch.get("sidecar", {})),
                 extras=ch.get("extras", "sourcedata"),
                 labels_of=ch["labels_of"].strip("/") if ch.get("labels_of") else None,
+                select=select,
                 label_name=ch.get("label_name")
                 or re.sub(r"[^A-Za-z0-9._-]", "_", ch.get("desc") or folder).lstrip("._-")
                 or f"label{i}",

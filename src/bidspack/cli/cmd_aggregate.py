@@ -26,6 +26,11 @@ def _triple(value: str | None, what: str, cast: type) -> tuple | None:
         raise PlanError(None, f"{what} must be three numbers Z,Y,X, not {value!r}") from None
 
 
+def _index_or_name(value: str | None) -> int | str | None:
+    """``"2"`` -> 2 (an index); other text stays a name."""
+    return int(value) if value is not None and value.isdigit() else value
+
+
 def _label_images(values: tuple[str, ...]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for value in values:
@@ -58,6 +63,9 @@ def _label_images(values: tuple[str, ...]) -> dict[str, Path]:
     help="A label image of SOURCE (same shape), written as NGFF label labels/NAME "
     "(.ome.zarr only; repeatable).",
 )
+@click.option("--scene", help="Vendor files: scene index or name (default: the first).")
+@click.option("--channel", help="Vendor files: channel index or name (default: 0).")
+@click.option("--time", "time_point", type=click.IntRange(min=0), help="Vendor files: time point.")
 @click.option("--name", help="Image name in the metadata (default: OUT's name).")
 @click.option(
     "--ngff-version",
@@ -83,6 +91,9 @@ def aggregate_cmd(
     unit: str,
     is_label: bool,
     label_images: tuple[str, ...],
+    scene: str | None,
+    channel: str | None,
+    time_point: int | None,
     name: str | None,
     ngff_version: str,
     chunk: str | None,
@@ -90,7 +101,8 @@ def aggregate_cmd(
     scheduler: str | None,
     as_json: bool,
 ) -> None:
-    """Aggregate SOURCE (a folder of 2D TIFF slices, or a multi-page TIFF/OME-TIFF) into
+    """Aggregate SOURCE (a folder of 2D TIFF slices, a multi-page TIFF/OME-TIFF, or a
+    vendor file such as CZI read through bioio: one --scene/--channel/--time) into
     one image OUT: a multiscale OME-Zarr (OUT ending in .ome.zarr) or a tiled OME-TIFF
     pyramid (.ome.tif, .ome.tiff, .ome.btf), with physical voxel sizes.
 
@@ -109,6 +121,9 @@ def aggregate_cmd(
         kind="label" if is_label else "intensity",
         name=name,
         labels=_label_images(label_images),
+        scene=_index_or_name(scene),
+        channel=_index_or_name(channel),
+        time=time_point,
     )
     records = aggregate(
         plan,

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -323,18 +324,29 @@ def open_files(folder: Path, files: list[Path]) -> ImageSource:
     return SliceFolder(folder, files)
 
 
-def open_source(path: Path) -> ImageSource:
-    """Open a slice folder or a stack file as an :class:`ImageSource`.
+def open_source(path: Path, **selection: Any) -> ImageSource:
+    """Open a slice folder, a stack file or a vendor file as an :class:`ImageSource`.
 
     A folder with exactly one TIFF that has more than one page is read as that stack;
-    any other folder is read as a slice folder.
+    any other folder is read as a slice folder. A file that is not a TIFF is read with
+    bioio (:class:`bidspack.io.vendor.VendorImage`), *selection* choosing its
+    ``scene``, ``channel`` and ``time`` point.
 
     Raises:
-        SourceError: see :class:`SliceFolder` and :class:`TiffStack`.
+        SourceError: see :class:`SliceFolder`, :class:`TiffStack` and
+            :class:`~bidspack.io.vendor.VendorImage`; a *selection* for a TIFF source.
     """
     path = Path(path)
+    if path.is_file() and not is_tiff(path):
+        from bidspack.io.vendor import VendorImage
+
+        return VendorImage(path, **{k: v for k, v in selection.items() if v is not None})
+    if any(v is not None for v in selection.values()):
+        raise SourceError(
+            path, "scene, channel and time point select inside vendor files, not TIFFs"
+        )
     if path.is_dir():
         return open_files(path, [p for p in path.iterdir() if p.is_file() and is_tiff(p)])
-    if path.is_file() and is_tiff(path):
+    if path.is_file():
         return TiffStack(path)
-    raise SourceError(path, "not a slice folder or a TIFF/OME-TIFF file")
+    raise SourceError(path, "not a slice folder, a TIFF/OME-TIFF or a vendor image file")

@@ -1,5 +1,6 @@
-"""``bidspack aggregate``: one slice folder or stack -> one OME-TIFF or OME-Zarr image,
-outside any BIDS dataset (the conversion ``bidspack package`` runs per channel folder).
+"""``bidspack aggregate``: one slice folder, stack or vendor file (CZI ... through bioio:
+one scene, channel and time point) -> one OME-TIFF or OME-Zarr image, outside any BIDS
+dataset (the conversion ``bidspack package`` runs per channel folder).
 
 The output format follows OUT's name: ``.ome.zarr`` gives a multiscale OME-Zarr
 (:func:`bidspack.io.omezarr.write_ome_zarr`: NGFF 0.5 sharded or 0.4, Dask locally or on
@@ -61,7 +62,13 @@ class AggregatePlan:
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able details (paths as given)."""
+        selected = {
+            k: getattr(self.source, k)
+            for k in ("scene", "channel", "channel_name", "time")
+            if hasattr(self.source, k)
+        }
         return {
+            **selected,
             "source": str(self.source.path),
             "format": self.fmt,
             "shape_zyx": list(self.source.shape),
@@ -92,6 +99,9 @@ def plan_aggregate(
     kind: str = "intensity",
     name: str | None = None,
     labels: Mapping[str, Path] | None = None,
+    scene: int | str | None = None,
+    channel: int | str | None = None,
+    time: int | None = None,
 ) -> AggregatePlan:
     """Check everything :func:`aggregate` needs before writing anything.
 
@@ -100,13 +110,15 @@ def plan_aggregate(
             OME-XML), a given voxel size contradicting the file's, labels for an OME-TIFF
             or a label image, a label image of another shape or non-integer pixels.
         OutputError: OUT exists.
-        SourceError: SOURCE or a label image is not a readable slice folder or stack.
+        SourceError: SOURCE or a label image is not a readable slice folder, stack or
+            vendor file (:mod:`bidspack.io.vendor`); *scene*, *channel* or *time* do not
+            exist in it, or are given for a TIFF source.
     """
     out = Path(out)
     fmt = output_format(out)
     if out.exists() or out.is_symlink():
         raise OutputError(out, "already exists", hint="choose a new output path")
-    src = open_source(Path(source))
+    src = open_source(Path(source), scene=scene, channel=channel, time=time)
     found = src.info.physical_size
     if voxel_size_um is None and found is None:
         raise PlanError(

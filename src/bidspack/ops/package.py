@@ -27,7 +27,7 @@ from bidspack.bids.tables import json_text, write_text
 from bidspack.errors import BidspackError, OutputError, PlanError, SpecError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
-from bidspack.io.sources import ImageSource, TiffStack, is_tiff, open_files
+from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source
 from bidspack.plan import Action, Plan
 from bidspack.provenance import datalad as dl
 from bidspack.provenance.manifest import MANIFEST_TSV
@@ -144,11 +144,25 @@ def _subjects(
     return subjects, actions
 
 
-def _open_image(submission: Path, rel: str, tiffs: list[str]) -> ImageSource:
+def _open_image(
+    submission: Path, rel: str, tiffs: list[str], select: dict[str, Any]
+) -> ImageSource:
+    """A channel's image: a slice folder, a TIFF stack, or one scene/channel/time point
+    (*select*) of a vendor file."""
     path = submission / rel
     if path.is_file():
-        return TiffStack(path)
+        return open_source(path, **select)
+    if select:
+        raise PlanError(path, "a folder, but the spec's 'select' is for vendor files")
     return open_files(path, [submission / t for t in tiffs])
+
+
+def _open_action_source(submission: Path, action: Action) -> ImageSource:
+    """The image a convert action reads (see :func:`_open_image`)."""
+    files = [submission / s for s in action.sources]
+    if len(files) == 1 and not is_tiff(files[0]):
+        return open_source(files[0], **action.params.get("select", {}))
+    return open_files(files[0].parent, files)
 
 
 def _voxel_size(
@@ -254,7 +268,7 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
             if ch.image != "none":
                 if not image_files:
                     raise PlanError(submission / rel, "no TIFF image in this channel folder")
-                src = _open_image(submission, rel, image_files)
+                src = _open_image(submission, rel, image_files, ch.select)
                 voxel = _voxel_size(spec, ch, src, rel)
                 entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
                 if ch.type == "derivative" and ch.desc:
@@ -273,6 +287,8 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                     "name": PurePosixPath(stem).name,
                     "channel_name": ch.entities.get("stain"),
                 }
+                if ch.select:
+                    common["select"] = dict(ch.select)
                 for fmt in out["formats"]:
                     if fmt == "ome-zarr":
                         target = stem + ".ome.zarr"
@@ -753,7 +769,7 @@ def _stage(
         elif action.kind == "convert":
             p = action.params
             files = [submission / s for s in action.sources]
-            src = open_files(files[0].parent, files)
+            src = _open_action_source(submission, action)
             if progress:
                 progress(action.target, done, total)
             extra: dict[str, Any] = {}

@@ -1,0 +1,132 @@
+"""Vendor microscopy files (Zeiss CZI, and whatever other bioio plugin is installed:
+Leica LIF with ``bioio-lif``, Nikon ND2 with ``bioio-nd2`` ...) as ``(z, y, x)`` image
+sources, read through `bioio <https://github.com/bioio-devs/bioio>`_ rather than a parser
+of our own.
+
+A vendor file can hold several scenes, channels and time points; a
+:class:`VendorImage` is one 3D grayscale image of it: one scene, one channel, one time
+point, all Z planes. Planes are read one at a time (``BioImage.get_image_dask_data``
+with ``Z=z``), so memory stays at about one plane whatever the file size. Physical
+pixel sizes are bioio's ``physical_pixel_sizes``, which its plugins report in
+micrometres (bioio-czi converts the CZI's metres).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bidspack.errors import SourceError
+from bidspack.io.sources import ImageSource, StackInfo
+
+#: The plugins bidspack installs (its tests use real CZI files); others can be added.
+PLUGINS = ("bioio-czi",)
+
+
+def _bioimage(path: Path) -> Any:
+    """``bioio.BioImage(path)``, with reader problems as :class:`SourceError`."""
+    try:
+        from bioio import BioImage
+        from bioio_base.exceptions import UnsupportedFileFormatError
+    except ImportError as exc:  # pragma: no cover - bioio is a dependency
+        raise SourceError(
+            path, "reading vendor formats needs bioio", hint="pip install bioio"
+        ) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # plugins warn about metadata they skip
+            return BioImage(path)
+    except UnsupportedFileFormatError as exc:
+        raise SourceError(
+            path,
+            "no installed bioio reader plugin supports this file",
+            hint=f"install the plugin for its format (installed: {', '.join(PLUGINS)}; "
+            "others: bioio-lif, bioio-nd2, bioio-bioformats ...)",
+        ) from exc
+    except FileNotFoundError as exc:
+        raise SourceError(path, "file not found") from exc
+    except Exception as exc:  # a plugin failing on this file: its message says why
+        raise SourceError(
+            path, f"bioio cannot read this file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+class VendorImage(ImageSource):
+    """One scene / channel / time point of a vendor file, ``(z, y, x)``.
+
+    Args:
+        path: the file.
+        scene: scene index or name (default: the first scene).
+        channel: channel index or name (``Channel`` names as bioio reports them).
+        time: time-point index.
+
+    Raises:
+        SourceError: no plugin reads the file, the plugin fails on it, the scene /
+            channel / time point does not exist, or the image has RGB samples.
+    """
+
+    def __init__(
+        self, path: Path, *, scene: int | str | None = None, channel: int | str = 0, time: int = 0
+    ):
+        self.path = Path(path)
+        self.files = (self.path,)
+        img = _bioimage(self.path)
+        try:
+            if scene is not None:
+                if isinstance(scene, int) and not 0 <= scene < len(img.scenes):
+                    raise SourceError(
+                        self.path, f"scene {scene} does not exist (scenes: {list(img.scenes)})"
+                    )
+                img.set_scene(scene)
+            dims = img.dims
+            names = [str(c) for c in (img.channel_names or [])]
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(self.path, f"bioio cannot read this file ({exc})") from exc
+        if getattr(dims, "S", 1) > 1:
+            raise SourceError(self.path, "RGB images are not supported; expected grayscale")
+        if isinstance(channel, str):
+            if channel not in names:
+                raise SourceError(self.path, f"no channel named {channel!r} (channels: {names})")
+            channel = names.index(channel)
+        if not 0 <= channel < dims.C:
+            raise SourceError(self.path, f"channel {channel} does not exist ({dims.C} channel(s))")
+        if not 0 <= time < dims.T:
+            raise SourceError(self.path, f"time point {time} does not exist ({dims.T})")
+        self.scene = str(img.current_scene)
+        self.channel = channel
+        self.channel_name = names[channel] if channel < len(names) else None
+        self.time = time
+        self._img = img
+        sizes = img.physical_pixel_sizes
+        physical: tuple[float, float, float] | None = None
+        if all(v is not None and math.isfinite(v) and v > 0 for v in sizes):
+            physical = (float(sizes.Z), float(sizes.Y), float(sizes.X))
+        self.info = StackInfo(
+            shape=(int(dims.Z), int(dims.Y), int(dims.X)),
+            dtype=np.dtype(img.dtype),
+            physical_size=physical,
+        )
+
+    def read_plane(self, z: int) -> np.ndarray:
+        """Plane *z* of the selected scene, channel and time point, ``(y, x)``."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                lazy = self._img.get_image_dask_data("YX", Z=z, C=self.channel, T=self.time)
+                plane = np.asarray(lazy.compute())
+        except Exception as exc:
+            raise SourceError(self.path, f"cannot decode plane {z} ({exc})") from exc
+        return self._check_plane(plane, self.path)
+
+    def iter_planes(self, *, prefetch: int = 4, workers: int = 2) -> Iterator[np.ndarray]:
+        """The planes in Z order, one at a time (vendor readers are not assumed to be
+        safe to call from several threads)."""
+        for z in range(self.shape[0]):
+            yield self.read_plane(z)
