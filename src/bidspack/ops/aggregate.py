@@ -135,7 +135,7 @@ def plan_aggregate(
     ):
         raise PlanError(
             src.path,
-            f"--voxel-size {voxel_size_um} um (z, y, x) contradicts the file's OME-XML {found} um",
+            f"--voxel-size {voxel_size_um} um (z, y, x) contradicts the file's metadata {found} um",
         )
     voxel = voxel_size_um or found
     assert voxel is not None

@@ -593,6 +593,12 @@ def apply_plan(
                 hint="choose a new or empty output folder",
             )
     committed = 0
+    client = None
+    if dask is not None and isinstance(dask.scheduler, str) and "://" in dask.scheduler:
+        from bidspack.io.omezarr.runner import connect
+
+        client = connect(dask.scheduler)  # one connection for every step of the run
+        dask = Execution(workers=dask.workers, scheduler=client)
     try:
         with dataset_lock(dataset):
             yield from recover_records(dataset, recover_first=recover_first)
@@ -628,6 +634,9 @@ def apply_plan(
         elif not had_state and committed == 0:
             shutil.rmtree(dataset / STATE_DIR, ignore_errors=True)
         raise
+    finally:
+        if client is not None:
+            client.close()
     if validate:
         from bidspack.ops.validate import validate_dataset
 

@@ -9,6 +9,25 @@ from typing import Any
 from bidspack.errors import ToolError
 
 
+def connect(address: str, timeout: float = 10) -> Any:
+    """A ``distributed.Client`` connected to the scheduler at *address*
+    (``tcp://host:8786``); the caller closes it.
+
+    Raises:
+        ToolError: no scheduler answers within *timeout* seconds.
+    """
+    from distributed import Client
+
+    try:
+        return Client(address, set_as_default=False, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ToolError(
+            None,
+            f"cannot connect to the Dask scheduler at {address} ({exc})",
+            hint="start one with 'dask scheduler' and workers with 'dask worker ADDRESS'",
+        ) from exc
+
+
 class TaskRunner:
     """Runs a batch of independent tasks with Dask and returns their results in order.
 
@@ -33,16 +52,7 @@ class TaskRunner:
         self.client: Any = None
         self.scheduler: str = "threads"
         if isinstance(scheduler, str) and "://" in scheduler:
-            from distributed import Client
-
-            try:
-                self.client = Client(scheduler, set_as_default=False, timeout=self.connect_timeout)
-            except (OSError, TimeoutError) as exc:
-                raise ToolError(
-                    None,
-                    f"cannot connect to the Dask scheduler at {scheduler} ({exc})",
-                    hint="start one with 'dask scheduler' and workers with 'dask worker ADDRESS'",
-                ) from exc
+            self.client = connect(scheduler, self.connect_timeout)
             self._own_client = True
         elif isinstance(scheduler, str):
             self.scheduler = scheduler
