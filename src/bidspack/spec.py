@@ -52,7 +52,9 @@ class Column:
 class Channel:
     """One channel folder entry of the spec (see the schema for field meanings).
 
-    ``voxel_size_um`` is ``(z, y, x)`` in micrometres, or ``None``.
+    ``voxel_size_um`` is ``(z, y, x)`` in micrometres, or ``None``. ``labels_of`` is the
+    folder of the intensity channel whose OME-Zarr gets this label image as NGFF label
+    ``label_name``; ``select`` the scene/channel/time of a vendor file.
     """
 
     index: int
@@ -70,15 +72,6 @@ class Channel:
     labels_of: str | None = None
     label_name: str | None = None
     select: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """What identifies the entry: its folder, plus its selection inside a vendor
-        file (``cells.czi[channel=1,time=0]``)."""
-        if not self.select:
-            return self.folder
-        inner = ",".join(f"{k}={v}" for k, v in sorted(self.select.items()))
-        return f"{self.folder}[{inner}]"
 
 
 @dataclass(frozen=True)
