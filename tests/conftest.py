@@ -54,16 +54,20 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
-    """Print the fault-injection matrix result (cases run, consistent, inconsistent)."""
-    import sys
-
-    mod = sys.modules.get("test_transactions")
-    if mod is None or not mod.OUTCOMES["started"]:
+    """Print the fault-injection matrix result (cases run, consistent, inconsistent),
+    from the ``fault_matrix`` property of each case's report (works with pytest-xdist)."""
+    reports = [
+        r
+        for key in ("passed", "failed", "error")
+        for r in terminalreporter.stats.get(key, [])
+        if getattr(r, "when", None) == "call" and "test_fault_matrix[" in r.nodeid
+    ]
+    if not reports:
         return
-    o = mod.OUTCOMES
-    ended = o["before"] + o["after"]
+    outcomes = [v for r in reports for k, v in r.user_properties if k == "fault_matrix"]
+    before, after = outcomes.count("before"), outcomes.count("after")
     terminalreporter.write_line(
-        f"fault-injection matrix: {o['started']} (fault point x mode x operation) cases run, "
-        f"{ended} consistent ({o['before']} equal the snapshot before, {o['after']} the "
-        f"snapshot after), {o['started'] - ended} inconsistent"
+        f"fault-injection matrix: {len(reports)} (fault point x mode x operation) cases run, "
+        f"{before + after} consistent ({before} equal the snapshot before, {after} the "
+        f"snapshot after), {len(reports) - before - after} inconsistent"
     )
