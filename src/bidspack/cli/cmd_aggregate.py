@@ -10,7 +10,6 @@ import click
 from bidspack.cli.base import json_option, map_errors, render
 from bidspack.errors import PlanError
 from bidspack.io.sources import UNIT_TO_UM
-from bidspack.ops.aggregate import aggregate, plan_aggregate
 
 
 def _triple(value: str | None, what: str, cast: type) -> tuple | None:
@@ -109,6 +108,8 @@ def aggregate_cmd(
     Memory stays bounded whatever the stack depth; the written pixels are checked
     against the source's pixel hash before OUT appears. OUT must not exist.
     """
+    from bidspack.ops.aggregate import aggregate, plan_aggregate
+
     sizes = _triple(voxel_size, "--voxel-size", float)
     voxel = None
     if sizes is not None:

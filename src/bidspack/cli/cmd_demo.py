@@ -10,10 +10,7 @@ from rich.console import Console
 
 from bidspack.cli.base import map_errors
 from bidspack.errors import OutputError
-from bidspack.examples import write_submission
-from bidspack.ops.package import package
 from bidspack.records import count_statuses
-from bidspack.spec import load_spec
 
 
 @click.command("demo")
@@ -22,6 +19,10 @@ from bidspack.spec import load_spec
 def demo_cmd(outdir: Path) -> None:
     """Write the example submission to OUTDIR/submission, package it into
     OUTDIR/dataset (validated) and print a summary."""
+    from bidspack.examples import write_submission
+    from bidspack.ops.package import package
+    from bidspack.spec import load_spec
+
     if outdir.exists() and any(outdir.iterdir()):
         raise OutputError(outdir, "exists and is not empty", hint="choose a new folder")
     console = Console()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from bidspack.cli.base import json_option, map_errors, render
-from bidspack.ops.export import FORMATS, export
+from bidspack.ops.export import FORMATS
 
 
 @click.command("export")
@@ -32,6 +32,8 @@ def export_cmd(dataset: Path, out: Path, fmt: str, as_json: bool) -> None:
     validator (prov, rocrate, bagit) before it is renamed to OUT; on any error nothing
     is left at OUT. Exit code 1 on error.
     """
+    from bidspack.ops.export import export
+
     counts = render(export(dataset, out, fmt), as_json=as_json, title="bidspack export")
     if counts["error"]:
         sys.exit(1)

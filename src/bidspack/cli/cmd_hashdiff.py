@@ -13,9 +13,6 @@ from rich.table import Table
 
 from bidspack.cli.base import json_option, map_errors
 from bidspack.errors import OutputError
-from bidspack.ops.duplicates import find_duplicates
-from bidspack.ops.hashdiff import hashdiff
-from bidspack.report.hashdiff_report import keep_in_dataset, summary, write_outputs
 
 
 @click.command("hashdiff")
@@ -53,6 +50,9 @@ def hashdiff_cmd(
     different.csv/.parquet, summary.json and a self-contained report.html.
     Exit code: 0 identical, 1 different, 2 error.
     """
+    from bidspack.ops.hashdiff import hashdiff
+    from bidspack.report.hashdiff_report import keep_in_dataset, summary, write_outputs
+
     if dataset is not None and out is not None:
         raise OutputError(out, "give either --out or --dataset")
     out = out or Path(f"hashdiff_{a.name}_vs_{b.name}")
@@ -96,6 +96,8 @@ def hashdiff_cmd(
 def duplicates_cmd(root: Path, workers: int | None, as_json: bool) -> None:
     """Group pixel-identical images (TIFF, OME-TIFF, PNG) anywhere under ROOT,
     whatever their names, formats or compression. Exit code 1 if duplicates exist."""
+    from bidspack.ops.duplicates import find_duplicates
+
     groups, hashes = find_duplicates(root, workers=workers)
     if as_json:
         for i, g in enumerate(groups):

@@ -11,8 +11,6 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bidspack.cli.base import json_option, map_errors, render
-from bidspack.ops.package import Execution, package
-from bidspack.spec import load_spec
 
 
 @click.command("package")
@@ -79,6 +77,9 @@ def package_cmd(
     With --datalad every step is saved with a run record of this command plus
     --step STEP, so `datalad rerun COMMIT` replays that one step.
     """
+    from bidspack.ops.package import Execution, package
+    from bidspack.spec import load_spec
+
     spec = load_spec(spec_path)
     # the command a DataLad run record replays: paths relative to the dataset, so that a
     # clone with the submission at the same relative place can `datalad rerun` it

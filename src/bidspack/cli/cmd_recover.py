@@ -8,9 +8,7 @@ import click
 
 from bidspack.cli.base import json_option, map_errors, render
 from bidspack.errors import OutputError
-from bidspack.ops.package import recover_records
 from bidspack.records import Record
-from bidspack.txn import dataset_lock
 
 
 @click.command("recover")
@@ -20,6 +18,9 @@ from bidspack.txn import dataset_lock
 def recover_cmd(dataset: Path, as_json: bool) -> None:
     """Roll back interrupted steps that had not reached their commit point and roll
     forward those that had; report what was done. Safe to run at any time."""
+    from bidspack.ops.package import recover_records
+    from bidspack.txn import dataset_lock
+
     if not dataset.is_dir():
         raise OutputError(dataset, "is not a folder")
 

@@ -9,7 +9,6 @@ import click
 
 from bidspack.cli.base import json_option, map_errors, render
 from bidspack.errors import OutputError
-from bidspack.ops.release import init_datalad, release
 
 
 @click.command("init")
@@ -24,6 +23,8 @@ from bidspack.ops.release import init_datalad, release
 @map_errors
 def init_cmd(dataset: Path, datalad: bool, as_json: bool) -> None:
     """Turn an existing bidspack dataset into a DataLad dataset."""
+    from bidspack.ops.release import init_datalad
+
     if not datalad:
         raise OutputError(dataset, "nothing to do without --datalad")
     render(init_datalad(dataset), as_json=as_json, title="bidspack init")
@@ -38,6 +39,8 @@ def init_cmd(dataset: Path, datalad: bool, as_json: bool) -> None:
 def release_cmd(dataset: Path, version: str, note: str | None, as_json: bool) -> None:
     """Validate, verify, add a CHANGES entry, save and tag VERSION. Refused on a dirty
     tree, validation errors, verify mismatches or an existing tag."""
+    from bidspack.ops.release import release
+
     counts = render(release(dataset, version, note=note), as_json=as_json, title="bidspack release")
     if counts["error"]:
         sys.exit(1)

@@ -9,7 +9,6 @@ import click
 
 from bidspack.cli.base import json_option, map_errors, render
 from bidspack.errors import PlanError
-from bidspack.ops.rename import read_map, rename_subjects, sanitize_mapping
 
 
 @click.command("rename-subject")
@@ -45,6 +44,8 @@ def rename_cmd(
     folders and file names (raw, derivatives, sourcedata), participants.tsv,
     samples.tsv, scans/sessions tables, sidecar paths (IntendedFor, Sources), OME-XML
     image names and bidspack's records."""
+    from bidspack.ops.rename import read_map, rename_subjects, sanitize_mapping
+
     mapping: dict[str, str] = {}
     if old is not None or new is not None:
         if old is None or new is None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from bidspack.cli.base import json_option, map_errors, render
-from bidspack.ops.validate import validate_dataset
 
 
 @click.command("validate")
@@ -22,6 +21,8 @@ def validate_cmd(dataset: Path, no_recursive: bool, show_ok: bool, as_json: bool
 
     Exit code 1 if there is any error.
     """
+    from bidspack.ops.validate import validate_dataset
+
     counts = render(
         validate_dataset(dataset, recursive=not no_recursive),
         as_json=as_json,

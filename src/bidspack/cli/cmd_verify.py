@@ -10,8 +10,6 @@ import click
 from rich.console import Console
 
 from bidspack.cli.base import json_option, map_errors, render
-from bidspack.ops.verify import verify
-from bidspack.provenance.record import read_records
 
 
 @click.command("verify")
@@ -22,6 +20,8 @@ from bidspack.provenance.record import read_records
 def verify_cmd(dataset: Path, no_pixels: bool, as_json: bool) -> None:
     """Recompute checksums and pixel hashes of DATASET and compare them with its
     manifest; report modified, missing and unlisted files. Exit code 1 on any."""
+    from bidspack.ops.verify import verify
+
     counts = render(verify(dataset, pixels=not no_pixels), as_json=as_json, title="bidspack verify")
     if counts["error"]:
         sys.exit(1)
@@ -33,6 +33,8 @@ def verify_cmd(dataset: Path, no_pixels: bool, as_json: bool) -> None:
 @map_errors
 def log_cmd(dataset: Path, as_json: bool) -> None:
     """The step history of DATASET from its provenance records, newest first."""
+    from bidspack.provenance.record import read_records
+
     console = Console()
     for rec in read_records(dataset):
         act = rec["Records"]["Activities"][0]
