@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,21 @@ def example(tmp_path: Path, example_source: tuple[Path, Path]) -> tuple[Path, Pa
     shutil.copytree(sub, tmp_path / "submission")
     shutil.copy(spec, tmp_path / spec.name)
     return tmp_path / "submission", tmp_path / spec.name
+
+
+def run_bidspack(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bidspack ARGS`` in a child process (output captured as text; no
+    check of the exit code)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bidspack", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,11 @@ import tifffile
 from bidspack.io.ometiff import pixel_hash_of_file
 from bidspack.io.omezarr import ome_zarr_scale_um, pixel_hash_of_zarr, validate_ome_zarr
 from bidspack.io.sources import SliceFolder, TiffStack
-from conftest import snapshot
+from conftest import run_bidspack, snapshot
 
 
-def bidspack(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bidspack", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=cwd,
-    )
+def bidspack(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_bidspack(*args)
 
 
 def record(proc: subprocess.CompletedProcess[str]) -> dict:

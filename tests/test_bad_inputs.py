@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,16 +12,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import snapshot
+from conftest import run_bidspack, snapshot
 
 SUBJ = "210810_45670_ko_female_LH_14-48-50_decon_2021-10-28_12-39-11"
 N4 = f"{SUBJ}/640_N4"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bidspack", *args], capture_output=True, text=True, check=False
-    )
+    return run_bidspack(*args)
 
 
 def gap(sub: Path, spec: Path) -> str:

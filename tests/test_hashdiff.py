@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import imagecodecs
@@ -21,6 +20,7 @@ from bidspack.ops.duplicates import find_duplicates
 from bidspack.ops.hashdiff import hashdiff
 from bidspack.report.hashdiff_report import write_outputs
 from bidspack.spec import load_schema
+from conftest import run_bidspack
 
 REENCODED = {10, 11, 12}
 BLANKED = {50, 60, 61}
@@ -126,13 +126,7 @@ def test_cli_exit_codes(trees: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = trees
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bidspack", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=tmp_path,
-        )
+        return run_bidspack(*args, cwd=tmp_path)
 
     same = run("hashdiff", str(a / "intensity"), str(a / "intensity"), "--out", "same")
     assert same.returncode == 0 and "verdict: identical" in same.stdout

@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -23,6 +22,7 @@ from bidspack.ops.verify import verify
 from bidspack.provenance.manifest import MANIFEST_PARQUET, MANIFEST_TSV, read_manifest
 from bidspack.provenance.record import read_records
 from bidspack.spec import load_schema, load_spec
+from conftest import run_bidspack
 
 IMG = "sub-45670ko/micr/sub-45670ko_sample-brainLH_stain-N4_SPIM.ome.tif"
 
@@ -43,9 +43,7 @@ def dataset(packaged, tmp_path: Path) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bidspack", *args], capture_output=True, text=True, check=False
-    )
+    return run_bidspack(*args)
 
 
 def test_manifest_rows(packaged) -> None:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,12 @@ from bidspack.ops.package import package
 from bidspack.ops.rename import rename_subjects
 from bidspack.ops.validate import validate_dataset
 from bidspack.spec import load_spec
-from conftest import snapshot
+from conftest import run_bidspack, snapshot
 from test_package import STP_SPEC, validator_errors
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bidspack", *args], capture_output=True, text=True, check=False
-    )
+    return run_bidspack(*args)
 
 
 @pytest.fixture(scope="module")

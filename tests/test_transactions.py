@@ -23,7 +23,7 @@ from bidspack.errors import OutputError
 from bidspack.ops.package import package
 from bidspack.spec import load_spec
 from bidspack.txn import Transaction, dataset_lock, pending, recover
-from conftest import snapshot
+from conftest import run_bidspack, snapshot
 from txn_harness import make_dataset
 
 HERE = Path(__file__).resolve().parent
@@ -52,13 +52,7 @@ def cli(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str
     env.pop("BIDSPACK_FAULT", None)
     if fault:
         env["BIDSPACK_FAULT"] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "bidspack", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    return run_bidspack(*args, env=env)
 
 
 # -- operations: each returns (setup, run) over a scratch folder ------------------------------
