@@ -173,3 +173,36 @@ def test_aggregate_bad_input_is_a_clean_error(realdata: Path, tmp_path: Path) ->
         assert proc.stderr.startswith("Error:"), what
         assert snapshot(tmp_path) == before, f"{what}: left output behind"
     assert TiffStack(floats).shape == (135, 77, 108)
+
+
+def test_aggregate_origin(realdata: Path, tmp_path: Path) -> None:
+    """--origin (in --unit) becomes the OME-Zarr translation; OME-TIFF output refuses it."""
+    d = realdata / "stp_mouse_brain"
+    out = tmp_path / "brain.ome.zarr"
+    rec = record(
+        bidspack(
+            "aggregate",
+            str(d / "downsampled.tiff"),
+            str(out),
+            "--voxel-size",
+            "0.1,0.1,0.1",
+            "--unit",
+            "mm",
+            "--origin",
+            "-5,3,2",
+            "--json",
+        )
+    )
+    assert rec["details"]["origin_zyx_um"] == [-5000.0, 3000.0, 2000.0]
+    meta = json.loads((out / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    first = meta["datasets"][0]["coordinateTransformations"]
+    assert first == [
+        {"type": "scale", "scale": [100.0, 100.0, 100.0]},
+        {"type": "translation", "translation": [-5000.0, 3000.0, 2000.0]},
+    ]
+    assert validate_ome_zarr(out) == []
+    tif = bidspack(
+        "aggregate", str(d / "downsampled.tiff"), str(tmp_path / "b.ome.tif"), "--voxel-size",
+        "1,1,1", "--origin", "1,2,3",
+    )  # fmt: skip
+    assert tif.returncode == 1 and "--origin applies to .ome.zarr output only" in tif.stderr

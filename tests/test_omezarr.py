@@ -597,3 +597,64 @@ def test_validate_reports_label_problems(
         lambda m: m["image-label"]["colors"][1].update(rgba=[0, 0, 300, 255]),
     )
     assert any("label.schema" in p and "300" in p for p in validate_ome_zarr(colours))
+
+
+def _positioned_tiff(path: Path, data: np.ndarray) -> TiffStack:
+    """An OME-TIFF whose Plane positions (micrometres) put its first voxel at
+    (z, y, x) = (100, -50.5, 2000) um, voxel size (2, 0.5, 0.5) um."""
+    z = data.shape[0]
+    planes = {
+        "PositionX": [2000.0] * z,
+        "PositionXUnit": ["µm"] * z,
+        "PositionY": [-50.5] * z,
+        "PositionYUnit": ["µm"] * z,
+        "PositionZ": [100.0 + 2 * i for i in range(z)],
+        "PositionZUnit": ["µm"] * z,
+    }
+    meta = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(path, data, metadata={**meta, "Plane": planes})
+    return TiffStack(path)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_translation_from_the_source_origin(tmp_path: Path, version: str) -> None:
+    """The source's OME-XML Plane position becomes each level's translation (plus the
+    half-block shift of mean levels); NGFF labels share the origin; a position in
+    'reference frame' units (the real Zeiss OME-TIFF) gives no translation."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4000, (4, 300, 300)).astype(np.uint16)
+    src = _positioned_tiff(tmp_path / "pos.ome.tif", data)
+    assert src.info.origin == (100.0, -50.5, 2000.0)
+    labels = _tiff(tmp_path / "lab.tif", (data > 2000).astype(np.uint8))
+    out = tmp_path / "pos.ome.zarr"
+    write_ome_zarr(
+        out,
+        src,
+        physical_size_zyx_um=(2.0, 0.5, 0.5),
+        name="pos",
+        version=version,
+        labels={"bright": labels},
+    )
+    assert validate_ome_zarr(out, full=True) == []
+    datasets = _multiscale(out)["datasets"]
+    assert len(datasets) == 2
+    t0, t1 = (d["coordinateTransformations"][1]["translation"] for d in datasets)
+    assert t0 == [100.0, -50.5, 2000.0]
+    assert t1 == pytest.approx([100.0, -50.25, 2000.25])  # + half a 2x2 block - half a voxel
+    label_sets = _multiscale(out / "labels" / "bright")["datasets"]
+    assert [d["coordinateTransformations"][1]["translation"] for d in label_sets] == [
+        [100.0, -50.5, 2000.0]
+    ] * 2
+    assert ome_zarr_scale_um(out) == pytest.approx((2.0, 0.5, 0.5))
+    # an explicit origin wins; the real Zeiss file's stage positions have no length unit
+    again = tmp_path / "given.ome.zarr"
+    write_ome_zarr(
+        again, src, physical_size_zyx_um=(2.0, 0.5, 0.5), name="pos", origin_zyx_um=(1, 2, 3)
+    )
+    assert _multiscale(again)["datasets"][0]["coordinateTransformations"][1]["translation"] == [
+        1,
+        2,
+        3,
+    ]
+    real = REPO.parent / "shared" / "realdata" / "ometiff" / "s_1_t_1_c_1_z_1.ome.tiff"
+    assert TiffStack(real).info.origin is None

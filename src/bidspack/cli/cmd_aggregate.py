@@ -51,7 +51,13 @@ def _label_images(values: tuple[str, ...]) -> dict[str, Path]:
     type=click.Choice(sorted(UNIT_TO_UM)),
     default="um",
     show_default=True,
-    help="Unit of --voxel-size.",
+    help="Unit of --voxel-size and --origin.",
+)
+@click.option(
+    "--origin",
+    metavar="Z,Y,X",
+    help="Position of the first voxel (in --unit) for the OME-Zarr translation; default "
+    "the OME-XML Plane position when it is in a length unit.",
 )
 @click.option("--label", "is_label", is_flag=True, help="SOURCE is a label image (no new values).")
 @click.option(
@@ -87,6 +93,7 @@ def aggregate_cmd(
     source: Path,
     out: Path,
     voxel_size: str | None,
+    origin: str | None,
     unit: str,
     is_label: bool,
     label_images: tuple[str, ...],
@@ -115,6 +122,11 @@ def aggregate_cmd(
     if sizes is not None:
         f = UNIT_TO_UM[unit]
         voxel = (sizes[0] * f, sizes[1] * f, sizes[2] * f)
+    at = _triple(origin, "--origin", float)
+    origin_um = None
+    if at is not None:
+        f = UNIT_TO_UM[unit]
+        origin_um = (at[0] * f, at[1] * f, at[2] * f)
     plan = plan_aggregate(
         source,
         out,
@@ -125,6 +137,7 @@ def aggregate_cmd(
         scene=_index_or_name(scene),
         channel=_index_or_name(channel),
         time=time_point,
+        origin_um=origin_um,
     )
     records = aggregate(
         plan,

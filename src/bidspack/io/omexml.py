@@ -116,3 +116,38 @@ def physical_size_um(xml: str) -> tuple[float, float, float] | None:
             raise ValueError(f"unsupported PhysicalSize{axis.upper()}Unit {unit_s!r}")
         sizes.append(float(value) * UNIT_TO_UM[unit_s])
     return (sizes[0], sizes[1], sizes[2])
+
+
+def origin_um(xml: str) -> tuple[float, float, float] | None:
+    """``(z, y, x)`` position in micrometres of the first voxel of the first image, or
+    ``None``.
+
+    From the ``Plane`` with ``TheZ``, ``TheC`` and ``TheT`` 0 (or the first ``Plane``):
+    its ``PositionZ``/``PositionY``/``PositionX`` (OME 2016-06 ``Plane``). ``None`` when
+    a position is missing or its unit is not a length (e.g. ``reference frame``, the
+    unit many instruments write for stage coordinates): such a position cannot be put
+    in micrometres.
+
+    Raises:
+        ValueError: the XML cannot be parsed.
+    """
+    try:
+        ome = parse_omexml(xml)
+    except Exception as exc:
+        raise ValueError(f"invalid OME-XML: {exc}") from exc
+    if not ome.images or not ome.images[0].pixels.planes:
+        return None
+    planes = ome.images[0].pixels.planes
+    first = next(
+        (p for p in planes if (p.the_z, p.the_c, p.the_t) == (0, 0, 0)),
+        planes[0],
+    )
+    out = []
+    for axis in ("z", "y", "x"):
+        value = getattr(first, f"position_{axis}")
+        unit = getattr(first, f"position_{axis}_unit")
+        unit_s = getattr(unit, "value", unit) or "reference frame"
+        if value is None or unit_s not in UNIT_TO_UM:
+            return None
+        out.append(float(value) * UNIT_TO_UM[unit_s])
+    return (out[0], out[1], out[2])

@@ -75,11 +75,14 @@ class StackInfo:
         dtype: NumPy dtype of the pixels.
         physical_size: ``(z, y, x)`` micrometres per voxel, or ``None`` if the files
             carry none (or only some axes).
+        origin: ``(z, y, x)`` position in micrometres of the centre of the first voxel
+            (OME-XML ``Plane`` positions in a length unit), or ``None``.
     """
 
     shape: tuple[int, int, int]
     dtype: np.dtype
     physical_size: tuple[float, float, float] | None
+    origin: tuple[float, float, float] | None = None
 
 
 class ImageSource(ABC):
@@ -260,10 +263,12 @@ class TiffStack(ImageSource):
             )
         if axes == "YX":
             shape = (1, *shape)
+        physical, origin = _ome_geometry(self.path)
         self.info = StackInfo(
             shape=(int(shape[0]), int(shape[1]), int(shape[2])),
             dtype=dtype,
-            physical_size=_ome_physical_size(self.path),
+            physical_size=physical,
+            origin=origin,
         )
 
     def read_plane(self, z: int) -> np.ndarray:
@@ -293,19 +298,26 @@ class TiffStack(ImageSource):
             raise SourceError(self.path, f"cannot decode stack ({exc})") from exc
 
 
-def _ome_physical_size(path: Path) -> tuple[float, float, float] | None:
-    """PhysicalSizeZ/Y/X of the first OME image in micrometres, if all three are given."""
+def _ome_geometry(
+    path: Path,
+) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None]:
+    """Voxel size and origin (``(z, y, x)`` micrometres, each or ``None``) of the first
+    OME image of *path*, from its OME-XML (``PhysicalSize*``, ``Plane`` ``Position*``).
+
+    Raises:
+        SourceError: the OME-XML physical sizes are unusable.
+    """
     try:
         with tifffile.TiffFile(path) as tif:
             xml = tif.ome_metadata
     except Exception:
-        return None
+        return None, None
     if not xml:
-        return None
-    from bidspack.io.omexml import physical_size_um
+        return None, None
+    from bidspack.io.omexml import origin_um, physical_size_um
 
     try:
-        return physical_size_um(xml)
+        return physical_size_um(xml), origin_um(xml)
     except ValueError as exc:
         raise SourceError(path, f"OME-XML physical sizes unusable ({exc})") from exc
 

@@ -50,6 +50,8 @@ class AggregatePlan:
         name: image name (multiscale / OME ``Image`` name).
         kind: ``"intensity"`` or ``"label"``.
         labels: NGFF label images (name -> opened source), OME-Zarr only.
+        origin_um: ``(z, y, x)`` micrometres of the first voxel (OME-Zarr translation),
+            given or from the source's OME-XML; ``None``: none.
     """
 
     source: ImageSource
@@ -59,6 +61,7 @@ class AggregatePlan:
     name: str
     kind: str
     labels: dict[str, ImageSource] = field(default_factory=dict)
+    origin_um: tuple[float, float, float] | None = None
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able details (paths as given)."""
@@ -76,6 +79,7 @@ class AggregatePlan:
             "voxel_size_zyx_um": list(self.voxel_um),
             "image": self.kind,
             "labels": {n: str(s.path) for n, s in self.labels.items()},
+            "origin_zyx_um": list(self.origin_um) if self.origin_um else None,
         }
 
 
@@ -102,6 +106,7 @@ def plan_aggregate(
     scene: int | str | None = None,
     channel: int | str | None = None,
     time: int | None = None,
+    origin_um: tuple[float, float, float] | None = None,
 ) -> AggregatePlan:
     """Check everything :func:`aggregate` needs before writing anything.
 
@@ -164,7 +169,14 @@ def plan_aggregate(
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    return AggregatePlan(src, out, fmt, (voxel[0], voxel[1], voxel[2]), name or stem, kind, opened)
+    origin = origin_um or src.info.origin
+    if origin is not None and fmt != "ome-zarr":
+        if origin_um is not None:
+            raise PlanError(out, "--origin applies to .ome.zarr output only")
+        origin = None  # OME-TIFF output keeps no position
+    return AggregatePlan(
+        src, out, fmt, (voxel[0], voxel[1], voxel[2]), name or stem, kind, opened, origin
+    )
 
 
 def aggregate(
@@ -215,6 +227,7 @@ def aggregate(
                     workers=workers,
                     scheduler=scheduler,
                     labels=plan.labels,
+                    origin_zyx_um=plan.origin_um,
                 )
             except ValueError as exc:
                 raise PlanError(out, str(exc)) from exc

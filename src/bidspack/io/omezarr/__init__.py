@@ -23,9 +23,13 @@ Layout of an image written here (3D grayscale, axes ``z, y, x``):
   "/", 0.4 #on-disk).
 - Axes (#axes-md): ``z``, ``y``, ``x``, type ``space``, unit ``micrometer``. Each level
   has a ``scale`` (#trafo-md, #multiscale-md) with its voxel size in micrometres (it
-  doubles on each halved axis); mean-downsampled levels also have a ``translation``
-  (after the scale, as required) of half a block minus half a level-0 voxel, so that
-  voxel centres stay in place. Nearest (first-voxel) levels need none.
+  doubles on each halved axis) and, where needed, a ``translation`` (after the scale,
+  as required): the source's origin (OME-XML ``Plane`` positions in a length unit, or
+  one given), plus half a block minus half a level-0 voxel on mean-downsampled levels,
+  so that voxel centres stay in place. Nearest (first-voxel) levels need no shift.
+- NGFF labels (#labels-md): ``labels/<name>`` of an intensity image, each a multiscale
+  image with the image's levels, shapes and origin, nearest-downsampled, with
+  ``image-label`` ``colors`` and ``source``.
 - Pixels are little-endian; chunks are Blosc-compressed (:data:`BLOSC`: zstd level 1,
   byte shuffle); edge chunks are padded with the fill value 0. JSON has sorted keys, and
   there is no timestamp or UUID: the same input gives byte-identical files, whatever the

@@ -113,16 +113,31 @@ class _Pending:
     complete: bool = False  # no more planes will arrive
 
 
-def _multiscale(levels: list[Level], name: str, kind: ImageKind) -> dict[str, Any]:
-    """The ``multiscales[0]`` object (#multiscale-md), without the 0.4 ``version``."""
+def _multiscale(
+    levels: list[Level],
+    name: str,
+    kind: ImageKind,
+    origin: tuple[float, float, float] | None = None,
+) -> dict[str, Any]:
+    """The ``multiscales[0]`` object (#multiscale-md), without the 0.4 ``version``.
+
+    Each level's ``translation`` (after its ``scale``, #trafo-md) is the source's
+    *origin* (``(z, y, x)`` micrometres of the first voxel's centre) plus, for
+    mean-downsampled levels, half a block minus half a level-0 voxel; a level whose
+    translation would be zero gets none."""
     from bidspack import __version__
 
     s0 = levels[0].scale_um
+    o = origin or (0.0, 0.0, 0.0)
     datasets = []
     for lv in levels:
         transforms: list[dict[str, Any]] = [{"type": "scale", "scale": list(lv.scale_um)}]
-        if kind == "intensity" and lv.factor != (1, 1, 1):
-            shift = [(f - 1) / 2 * s for f, s in zip(lv.factor, s0, strict=True)]
+        mean = kind == "intensity" and lv.factor != (1, 1, 1)
+        if mean or any(o):
+            shift = [
+                oi + ((f - 1) / 2 * s if mean else 0.0)
+                for oi, f, s in zip(o, lv.factor, s0, strict=True)
+            ]
             transforms.append({"type": "translation", "translation": shift})
         datasets.append({"path": lv.path, "coordinateTransformations": transforms})
     method = "mean" if kind == "intensity" else "nearest"
@@ -195,6 +210,7 @@ def write_ome_zarr(
     scheduler: object = None,
     verify: bool = True,
     labels: Mapping[str, ImageSource] | None = None,
+    origin_zyx_um: tuple[float, float, float] | None = None,
 ) -> OmeZarrResult:
     """Write *source* (``(z, y, x)``) as an OME-Zarr multiscale image at *path*, streaming,
     with optional NGFF label images.
@@ -229,12 +245,16 @@ def write_ome_zarr(
             from :func:`label_colors`, ``source.image`` ``"../../"``), listed in that
             order in the ``labels`` group. Each is streamed in its own pass, and its
             level 0 is verified like the image's. Only for intensity images.
+        origin_zyx_um: position in micrometres of the first voxel, written as each
+            level's ``translation`` (labels share it); default the source's
+            (:attr:`~bidspack.io.sources.StackInfo.origin`, from OME-XML ``Plane``
+            positions in a length unit), none if it has none.
 
     Returns:
         :class:`OmeZarrResult`.
 
     Raises:
-        ValueError: bad *kind*, *version*, *chunk*, *workers* or physical size; a label
+        ValueError: bad *kind*, *version*, *chunk*, *workers*, physical size or origin; a label
             name that is not ``[A-Za-z0-9][A-Za-z0-9._-]*`` or a label image whose shape
             differs from the image's or whose pixels are not integers; labels of a
             label image.
@@ -254,6 +274,10 @@ def write_ome_zarr(
     sizes = tuple(float(s) for s in physical_size_zyx_um)
     if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
         raise ValueError(f"physical sizes must be three positive numbers: {physical_size_zyx_um}")
+    if origin_zyx_um is not None and (
+        len(origin_zyx_um) != 3 or not all(math.isfinite(v) for v in origin_zyx_um)
+    ):
+        raise ValueError(f"origin must be three finite numbers (z, y, x): {origin_zyx_um}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, not {workers}")
     path = Path(path)
@@ -275,14 +299,19 @@ def write_ome_zarr(
         except OSError as exc:
             raise OutputError(path, f"cannot create the folder ({exc.strerror})") from exc
         try:
-            digest = _write(path, fmt, source, levels, dtype, kind, name, runner).pixel_hash
+            origin = origin_zyx_um or source.info.origin
+            digest = _write(
+                path, fmt, source, levels, dtype, kind, name, runner, origin=origin
+            ).pixel_hash
             if verify:
                 _verify(path, fmt, levels[0], dtype, runner, digest)
             for (lname, lsource), ldtype in zip(label_items, label_dtypes, strict=True):
                 root = path / "labels" / lname
                 llevels = plan_pyramid(fmt, source.shape, ldtype, zyx_um, (ch[0], ch[1], ch[2]))
                 root.mkdir(parents=True)
-                found = _write(root, fmt, lsource, llevels, ldtype, "label", lname, runner, True)
+                found = _write(
+                    root, fmt, lsource, llevels, ldtype, "label", lname, runner, True, origin
+                )
                 if verify:
                     _verify(root, fmt, llevels[0], ldtype, runner, found.pixel_hash)
                 count = None if found.values is None else int(found.values.size)
@@ -365,6 +394,7 @@ def _write(
     name: str,
     runner: TaskRunner,
     ngff_label: bool = False,
+    origin: tuple[float, float, float] | None = None,
 ) -> _Summary:
     """Write the chunks, then the array and group metadata (with ``image-label`` for an
     NGFF label image); what the pass found."""
@@ -382,7 +412,7 @@ def _write(
         colors = label_colors(found.values, found.has_zero)
         if colors:
             image_label["colors"] = colors
-    attributes = fmt.ome_attributes(_multiscale(levels, name, kind), omero, image_label)
+    attributes = fmt.ome_attributes(_multiscale(levels, name, kind, origin), omero, image_label)
     for fname, content in fmt.group_files(attributes).items():
         (root / fname).write_bytes(content)
     return found
