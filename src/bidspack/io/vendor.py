@@ -5,8 +5,10 @@ of our own.
 
 A vendor file can hold several scenes, channels and time points; a
 :class:`VendorImage` is one 3D grayscale image of it: one scene, one channel, one time
-point, all Z planes. Planes are read one at a time (``BioImage.get_image_dask_data``
-with ``Z=z``), so memory stays at about one plane whatever the file size. Physical
+point, all Z planes. The file is opened with ``chunk_dims=["Y", "X"]`` (one Dask chunk
+per plane; bioio's default chunk is a whole Z stack) and planes are read in blocks of
+:data:`BLOCK_BYTES` from the lazy ``get_image_dask_data("ZYX", C=..., T=...)`` array,
+so memory stays bounded whatever the file size (``benchmarks/bench_vendor.py``). Physical
 pixel sizes are bioio's ``physical_pixel_sizes``, which its plugins report in
 micrometres (bioio-czi converts the CZI's metres).
 """
@@ -24,6 +26,8 @@ import numpy as np
 from bidspack.errors import SourceError
 from bidspack.io.sources import ImageSource, StackInfo
 
+#: Bytes of planes read in one go by :meth:`VendorImage.iter_planes` (memory bound).
+BLOCK_BYTES = 32 * 2**20
 #: The plugins bidspack installs (its tests use real CZI files); others can be added.
 PLUGINS = ("bioio-czi",)
 
@@ -40,7 +44,12 @@ def _bioimage(path: Path) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # plugins warn about metadata they skip
-            return BioImage(path)
+            try:
+                # one Dask chunk per (y, x) plane: reading plane z then reads that plane,
+                # not the whole Z stack of its channel (the default chunking)
+                return BioImage(path, chunk_dims=["Y", "X"])
+            except TypeError:  # a plugin without chunk_dims
+                return BioImage(path)
     except UnsupportedFileFormatError as exc:
         raise SourceError(
             path,
@@ -104,6 +113,10 @@ class VendorImage(ImageSource):
         self.channel_name = names[channel] if channel < len(names) else None
         self.time = time
         self._img = img
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # lazy (z, y, x) Dask array of the selection, one chunk per plane
+            self._stack = img.get_image_dask_data("ZYX", C=channel, T=time)
         sizes = img.physical_pixel_sizes
         physical: tuple[float, float, float] | None = None
         if all(v is not None and math.isfinite(v) and v > 0 for v in sizes):
@@ -116,17 +129,26 @@ class VendorImage(ImageSource):
 
     def read_plane(self, z: int) -> np.ndarray:
         """Plane *z* of the selected scene, channel and time point, ``(y, x)``."""
+        return self._check_plane(self._read(z, z + 1)[0], self.path)
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """Planes ``start:stop`` as a ``(z, y, x)`` array (Dask's synchronous scheduler:
+        vendor readers are not assumed to be safe to call from several threads)."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                lazy = self._img.get_image_dask_data("YX", Z=z, C=self.channel, T=self.time)
-                plane = np.asarray(lazy.compute())
+                return np.asarray(self._stack[start:stop].compute(scheduler="synchronous"))
         except Exception as exc:
-            raise SourceError(self.path, f"cannot decode plane {z} ({exc})") from exc
-        return self._check_plane(plane, self.path)
+            raise SourceError(
+                self.path, f"cannot decode planes {start}-{stop - 1} ({exc})"
+            ) from exc
 
     def iter_planes(self, *, prefetch: int = 4, workers: int = 2) -> Iterator[np.ndarray]:
-        """The planes in Z order, one at a time (vendor readers are not assumed to be
-        safe to call from several threads)."""
-        for z in range(self.shape[0]):
-            yield self.read_plane(z)
+        """The planes in Z order, read in blocks of about :data:`BLOCK_BYTES` (at least
+        one plane): one Dask computation per block instead of per plane."""
+        nz, ny, nx = self.shape
+        step = max(1, BLOCK_BYTES // max(1, ny * nx * self.dtype.itemsize))
+        for z0 in range(0, nz, step):
+            block = self._read(z0, min(z0 + step, nz))
+            for plane in block:
+                yield self._check_plane(plane, self.path)
