@@ -142,3 +142,28 @@ def test_package_a_czi_submission(realdata: Path, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no channel named 'GFP'"):
         list(package(sub, tmp_path / "ds2", load_spec(spec)))
     assert not (tmp_path / "ds2").exists()
+
+
+def test_plane_chunks_and_zeiss_reader_agree(tmp_path: Path, monkeypatch) -> None:
+    """A CZI written by Zeiss's pylibCZIrw: bioio's lazy stack is chunked per plane
+    (its default chunk, a whole Z stack, made plane reads quadratic) and the planes,
+    read in blocks of 3, equal pylibCZIrw's own."""
+    from pylibCZIrw import czi as pyczi
+
+    from bidspack.io import vendor
+
+    rng = np.random.default_rng(5)
+    planes = rng.integers(0, 4000, (10, 64, 80)).astype(np.uint16)
+    path = tmp_path / "stack.czi"
+    with pyczi.create_czi(str(path)) as f:
+        for z, plane in enumerate(planes):
+            f.write(data=plane, plane={"Z": z, "C": 0, "T": 0})
+    src = VendorImage(path)
+    assert src.shape == (10, 64, 80)
+    assert set(src._stack.chunks[0]) == {1}
+    monkeypatch.setattr(vendor, "BLOCK_BYTES", 3 * 64 * 80 * 2)  # blocks of 3 planes
+    got = np.stack(list(src.iter_planes()))
+    with pyczi.open_czi(str(path)) as f:
+        zeiss = np.stack([f.read(plane={"Z": z, "C": 0, "T": 0})[..., 0] for z in range(10)])
+    assert np.array_equal(got, zeiss) and np.array_equal(got, planes)
+    assert np.array_equal(src.read_plane(7), planes[7])
