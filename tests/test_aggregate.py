@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,36 @@ def test_aggregate_origin(realdata: Path, tmp_path: Path) -> None:
         "1,1,1", "--origin", "1,2,3",
     )  # fmt: skip
     assert tif.returncode == 1 and "--origin applies to .ome.zarr output only" in tif.stderr
+
+
+def test_killed_aggregate_leaves_no_output_and_the_next_run_cleans_up(tmp_path: Path) -> None:
+    """kill -9 while writing: OUT does not exist, only the hidden partial folder; the next
+    run removes it (a 'recover' record) and writes OUT."""
+    import os
+    import signal
+    import time
+
+    rng = np.random.default_rng(1)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, rng.integers(0, 4000, (96, 1024, 1024)).astype(np.uint16))
+    out = tmp_path / "out" / "stack.ome.zarr"
+    args = ["aggregate", str(stack), str(out), "--voxel-size", "2,1,1", "--workers", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "bidspack", *args])
+    deadline = time.monotonic() + 60
+    partial = None
+    while partial is None and time.monotonic() < deadline and proc.poll() is None:
+        found = list(out.parent.glob(".stack.ome.zarr.partial-*")) if out.parent.exists() else []
+        partial = found[0] if found and any(found[0].iterdir()) else None
+        time.sleep(0.01)
+    assert partial is not None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial.exists() and not out.exists()
+    again = run_bidspack(*args, "--json")
+    assert again.returncode == 0, again.stderr
+    records = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [r["action"] for r in records] == ["recover", "aggregate"]
+    assert records[0]["path"] == str(partial)
+    assert not partial.exists() and out.is_dir()
+    assert [p.name for p in out.parent.iterdir()] == ["stack.ome.zarr"]
+    assert validate_ome_zarr(out) == []

@@ -10,12 +10,15 @@ image is planned first (source, shape, voxel size, format, labels: every problem
 clean error before anything is written), then written to a hidden sibling of OUT
 (``.<name>.partial-<pid>``) that is renamed to OUT only after the written pixels hashed
 like the source's: OUT never exists half-written, and an existing OUT is never replaced.
+What a killed run left beside OUT is removed by the next run
+(:func:`remove_stale_staging`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -179,6 +182,36 @@ def plan_aggregate(
     )
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove what an interrupted ``aggregate`` of *out* left beside it: the hidden
+    ``.<name>.partial-<pid>`` and ``.<name>.work-<pid>-*`` entries of processes that no
+    longer run (a crash or ``kill -9`` skips the cleanup). Those of a running process
+    (another aggregate of the same OUT) are left alone. Returns what was removed."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:partial|work)-(\d+)(?:-.*)?$")
+    for entry in sorted(out.parent.glob(f".{out.name}.*")) if out.parent.is_dir() else []:
+        m = pattern.match(entry.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 def aggregate(
     plan: AggregatePlan,
     *,
@@ -212,6 +245,7 @@ def aggregate(
             out, f"OME-NGFF version {ngff_version} is not supported ({', '.join(NGFF_VERSIONS)})"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_staging(out)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
         if plan.fmt == "ome-zarr":
@@ -242,7 +276,8 @@ def aggregate(
             if zres.labels:
                 what += ", labels " + ", ".join(lb.name for lb in zres.labels)
         else:
-            with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.work-") as work:
+            work_prefix = f".{out.name}.work-{os.getpid()}-"
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=work_prefix) as work:
                 tres = write_ome_tiff(
                     partial,
                     plan.source,
@@ -272,6 +307,8 @@ def aggregate(
             partial.unlink(missing_ok=True)
         raise
     shape = "x".join(map(str, plan.source.shape))
+    for entry in removed:
+        yield Record("recover", str(entry), "ok", "removed what an interrupted run left")
     yield Record(
         "aggregate",
         str(out),
