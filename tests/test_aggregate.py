@@ -202,11 +202,16 @@ def test_aggregate_origin(realdata: Path, tmp_path: Path) -> None:
         {"type": "translation", "translation": [-5000.0, 3000.0, 2000.0]},
     ]
     assert validate_ome_zarr(out) == []
-    tif = bidspack(
-        "aggregate", str(d / "downsampled.tiff"), str(tmp_path / "b.ome.tif"), "--voxel-size",
-        "1,1,1", "--origin", "1,2,3",
-    )  # fmt: skip
-    assert tif.returncode == 1 and "--origin applies to .ome.zarr output only" in tif.stderr
+    # OME-TIFF output keeps the origin as its OME-XML Plane position; converting that
+    # file to OME-Zarr then gives the same translation without --origin
+    tif = tmp_path / "brain.ome.tif"
+    args = ["--voxel-size", "0.1,0.1,0.1", "--unit", "mm", "--origin", "-5,3,2", "--json"]
+    record(bidspack("aggregate", str(d / "downsampled.tiff"), str(tif), *args))
+    assert TiffStack(tif).info.origin == (-5000.0, 3000.0, 2000.0)
+    again = tmp_path / "again.ome.zarr"
+    record(bidspack("aggregate", str(tif), str(again), "--json"))
+    meta = json.loads((again / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    assert meta["datasets"][0]["coordinateTransformations"] == first
 
 
 def test_killed_aggregate_leaves_no_output_and_the_next_run_cleans_up(tmp_path: Path) -> None:

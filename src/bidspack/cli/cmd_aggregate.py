@@ -56,8 +56,9 @@ def _label_images(values: tuple[str, ...]) -> dict[str, Path]:
 @click.option(
     "--origin",
     metavar="Z,Y,X",
-    help="Position of the first voxel (in --unit) for the OME-Zarr translation; default "
-    "the OME-XML Plane position when it is in a length unit.",
+    help="Position of the first voxel (in --unit): the OME-Zarr translation or the "
+    "OME-TIFF Plane position; default the source's OME-XML Plane position when it is in "
+    "a length unit.",
 )
 @click.option("--label", "is_label", is_flag=True, help="SOURCE is a label image (no new values).")
 @click.option(

@@ -153,6 +153,7 @@ def write_ome_tiff(
     max_workers: int | None = None,
     verify: bool = True,
     bigtiff: bool | None = None,
+    origin_zyx_um: tuple[float, float, float] | None = None,
 ) -> OmeTiffResult:
     """Write *source* (``(z, y, x)``) to an OME-TIFF pyramid at *path*, streaming.
 
@@ -171,6 +172,9 @@ def write_ome_tiff(
         verify: re-read level 0 and compare its pixel hash to the source's.
         bigtiff: force BigTIFF (``True``) or classic TIFF (``False``); by default
             :func:`needs_bigtiff` decides.
+        origin_zyx_um: position in micrometres of the first voxel, kept as the OME-XML
+            ``Plane`` position (default: the source's
+            :attr:`~bidspack.io.sources.StackInfo.origin`; none if it has none).
 
     Returns:
         :class:`OmeTiffResult` with the pixel hash of the source.
@@ -192,6 +196,7 @@ def write_ome_tiff(
         dtype=dtype,
         physical_size_zyx_um=physical_size_zyx_um,
         channel_name=channel_name,
+        origin_zyx_um=origin_zyx_um or source.info.origin,
     )
     xml = pad_description(xml)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from ome_types.model import (
     Pixels,
     Pixels_DimensionOrder,
     PixelType,
+    Plane,
     TiffData,
     UnitsLength,
 )
@@ -42,6 +43,7 @@ def build_omexml(
     dtype: np.dtype,
     physical_size_zyx_um: tuple[float, float, float],
     channel_name: str | None = None,
+    origin_zyx_um: tuple[float, float, float] | None = None,
 ) -> str:
     """OME-XML for one single-channel Z-stack stored as consecutive IFDs from IFD 0.
 
@@ -51,6 +53,9 @@ def build_omexml(
         dtype: pixel dtype; must be one of :data:`OME_PIXEL_TYPES`.
         physical_size_zyx_um: voxel size in micrometres, ``(z, y, x)``.
         channel_name: optional ``Channel`` name (e.g. the stain).
+        origin_zyx_um: optional position in micrometres of the first voxel, written as
+            one ``Plane`` (``TheZ``/``TheC``/``TheT`` 0) with ``PositionZ/Y/X`` in ``µm``
+            (one Plane, not one per Z, keeps the XML small; :func:`origin_um` reads it).
 
     Raises:
         ValueError: unsupported dtype.
@@ -80,6 +85,22 @@ def build_omexml(
         channels=[channel],
         tiff_data_blocks=[TiffData(ifd=0, plane_count=z)],
     )
+    if origin_zyx_um is not None:
+        oz, oy, ox = (float(v) for v in origin_zyx_um)
+        um = UnitsLength.MICROMETER
+        pixels.planes = [
+            Plane(
+                the_z=0,
+                the_c=0,
+                the_t=0,
+                position_x=ox,
+                position_x_unit=um,
+                position_y=oy,
+                position_y_unit=um,
+                position_z=oz,
+                position_z_unit=um,
+            )
+        ]
     ome = OME(images=[Image(id="Image:0", name=name, pixels=pixels)], creator="bidspack")
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + to_xml(ome)
 

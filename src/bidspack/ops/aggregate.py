@@ -53,8 +53,9 @@ class AggregatePlan:
         name: image name (multiscale / OME ``Image`` name).
         kind: ``"intensity"`` or ``"label"``.
         labels: NGFF label images (name -> opened source), OME-Zarr only.
-        origin_um: ``(z, y, x)`` micrometres of the first voxel (OME-Zarr translation),
-            given or from the source's OME-XML; ``None``: none.
+        origin_um: ``(z, y, x)`` micrometres of the first voxel (OME-Zarr translation,
+            OME-TIFF ``Plane`` position), given or from the source's OME-XML; ``None``:
+            none.
     """
 
     source: ImageSource
@@ -173,10 +174,6 @@ def plan_aggregate(
             stem = stem[: -len(suffix)]
             break
     origin = origin_um or src.info.origin
-    if origin is not None and fmt != "ome-zarr":
-        if origin_um is not None:
-            raise PlanError(out, "--origin applies to .ome.zarr output only")
-        origin = None  # OME-TIFF output keeps no position
     return AggregatePlan(
         src, out, fmt, (voxel[0], voxel[1], voxel[2]), name or stem, kind, opened, origin
     )
@@ -289,6 +286,7 @@ def aggregate(
                     tile=tile,
                     workdir=Path(work),
                     max_workers=workers,
+                    origin_zyx_um=plan.origin_um,
                 )
             details = {
                 "pixel_hash": tres.pixel_hash,
