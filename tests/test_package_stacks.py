@@ -87,3 +87,40 @@ def test_spec_contradicting_ome_voxel_size(tmp_path: Path, data: np.ndarray) -> 
     with pytest.raises(SpecError, match="contradicts the file's OME-XML"):
         list(package(sub, tmp_path / "ds", load_spec(spec)))
     assert not (tmp_path / "ds").exists()
+
+
+def test_source_origin_is_kept_in_both_formats(tmp_path: Path, data: np.ndarray) -> None:
+    """An OME-TIFF whose OME-XML puts its first voxel at (10, -20, 30) um: the packaged
+    OME-TIFF keeps that Plane position, the OME-Zarr has it as translation, and the
+    official validator accepts the dataset."""
+    import json
+
+    from bidspack.io.sources import TiffStack
+    from test_package import validator_errors
+
+    sub = tmp_path / "sub"
+    (sub / "mouse1").mkdir(parents=True)
+    (tmp_path / "sl").mkdir()
+    for z, plane in enumerate(data):
+        tifffile.imwrite(tmp_path / "sl" / f"z{z}.tif", plane)
+    write_ome_tiff(
+        sub / "mouse1" / "stack.ome.tif",
+        SliceFolder(tmp_path / "sl"),
+        physical_size_zyx_um=(2.0, 0.5, 0.5),
+        name="s",
+        workdir=tmp_path / "w",
+        origin_zyx_um=(10.0, -20.0, 30.0),
+    )
+    spec = _spec(tmp_path, "stack.ome.tif", "")
+    spec.write_text(
+        spec.read_text() + '\n[output]\nformats = ["ome-tiff", "ome-zarr"]\n', encoding="utf-8"
+    )
+    ds = tmp_path / "ds"
+    recs = list(package(sub, ds, load_spec(spec)))
+    assert not [r for r in recs if r.status == "error"], [r for r in recs if r.status == "error"]
+    assert validator_errors(ds) == []
+    stem = ds / "sub-1/micr/sub-1_sample-brain_CONF"
+    assert TiffStack(stem.with_name(stem.name + ".ome.tif")).info.origin == (10.0, -20.0, 30.0)
+    zattrs = json.loads((stem.with_name(stem.name + ".ome.zarr") / "zarr.json").read_text())
+    level0 = zattrs["attributes"]["ome"]["multiscales"][0]["datasets"][0]
+    assert level0["coordinateTransformations"][1]["translation"] == [10.0, -20.0, 30.0]
