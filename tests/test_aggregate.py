@@ -177,7 +177,8 @@ def test_aggregate_bad_input_is_a_clean_error(realdata: Path, tmp_path: Path) ->
 
 
 def test_aggregate_origin(realdata: Path, tmp_path: Path) -> None:
-    """--origin (in --unit) becomes the OME-Zarr translation; OME-TIFF output refuses it."""
+    """--origin (in --unit) becomes the OME-Zarr translation and the OME-TIFF Plane
+    position, which a later conversion reads back."""
     d = realdata / "stp_mouse_brain"
     out = tmp_path / "brain.ome.zarr"
     rec = record(

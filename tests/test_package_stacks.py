@@ -31,7 +31,13 @@ suffix = "CONF"
 """
 
 
-def _submission(tmp_path: Path, data: np.ndarray, *, ome: bool) -> Path:
+def _submission(
+    tmp_path: Path,
+    data: np.ndarray,
+    *,
+    ome: bool,
+    origin: tuple[float, float, float] | None = None,
+) -> Path:
     sub = tmp_path / "sub"
     (sub / "mouse1" / "conf").mkdir(parents=True)
     if ome:
@@ -44,6 +50,7 @@ def _submission(tmp_path: Path, data: np.ndarray, *, ome: bool) -> Path:
             physical_size_zyx_um=(2.0, 0.5, 0.5),
             name="s",
             workdir=tmp_path / "w",
+            origin_zyx_um=origin,
         )
     else:
         tifffile.imwrite(sub / "mouse1" / "conf" / "stack.tif", data, photometric="minisblack")
@@ -98,19 +105,8 @@ def test_source_origin_is_kept_in_both_formats(tmp_path: Path, data: np.ndarray)
     from bidspack.io.sources import TiffStack
     from test_package import validator_errors
 
-    sub = tmp_path / "sub"
-    (sub / "mouse1").mkdir(parents=True)
-    (tmp_path / "sl").mkdir()
-    for z, plane in enumerate(data):
-        tifffile.imwrite(tmp_path / "sl" / f"z{z}.tif", plane)
-    write_ome_tiff(
-        sub / "mouse1" / "stack.ome.tif",
-        SliceFolder(tmp_path / "sl"),
-        physical_size_zyx_um=(2.0, 0.5, 0.5),
-        name="s",
-        workdir=tmp_path / "w",
-        origin_zyx_um=(10.0, -20.0, 30.0),
-    )
+    sub = _submission(tmp_path, data, ome=True, origin=(10.0, -20.0, 30.0))
+    (sub / "mouse1" / "conf").rmdir()
     spec = _spec(tmp_path, "stack.ome.tif", "")
     spec.write_text(
         spec.read_text() + '\n[output]\nformats = ["ome-tiff", "ome-zarr"]\n', encoding="utf-8"
