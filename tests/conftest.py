@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bidspack.examples import write_submission
+from bidspack.records import Record
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("BIDSPACK_REALDATA", REPO.parent / "shared" / "realdata"))
@@ -30,6 +31,35 @@ def example_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     root = tmp_path_factory.mktemp("example")
     spec = write_submission(root / "submission")
     return root / "submission", spec
+
+
+@pytest.fixture(scope="session")
+def packaged_run(
+    tmp_path_factory: pytest.TempPathFactory, example_source: tuple[Path, Path]
+) -> tuple[Path, list[Record]]:
+    """The example packaged (and validated) once per session: (dataset, records).
+    Read-only: tests that change the dataset use :func:`dataset`."""
+    from bidspack.ops.package import package
+    from bidspack.spec import load_spec
+
+    sub, spec = example_source
+    ds = tmp_path_factory.mktemp("packaged") / "ds"
+    recs = list(package(sub, ds, load_spec(spec)))
+    assert not [r for r in recs if r.status == "error"]
+    return ds, recs
+
+
+@pytest.fixture
+def packaged(packaged_run: tuple[Path, list[Record]]) -> Path:
+    """The packaged example dataset (read-only, shared by the session)."""
+    return packaged_run[0]
+
+
+@pytest.fixture
+def dataset(packaged: Path, tmp_path: Path) -> Path:
+    """A private, modifiable copy of the packaged example dataset."""
+    shutil.copytree(packaged, tmp_path / "ds")
+    return tmp_path / "ds"
 
 
 @pytest.fixture

@@ -43,7 +43,6 @@ from bidspack.ops.export import (
     crosscheck,
     export,
 )
-from bidspack.ops.package import package
 from bidspack.ops.rename import rename_subjects
 from bidspack.provenance.digests import entries
 from bidspack.provenance.manifest import (
@@ -54,28 +53,10 @@ from bidspack.provenance.manifest import (
     write_manifest,
 )
 from bidspack.provenance.record import read_records
-from bidspack.spec import load_spec
 from conftest import snapshot
 
 IMG = "sub-45670ko/micr/sub-45670ko_sample-brainLH_stain-N4_SPIM.ome.tif"
 STEP = "sub-45670ko/640_N4"
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory, example_source) -> Path:
-    """The example submission packaged once (read-only for the tests)."""
-    sub, spec = example_source
-    ds = tmp_path_factory.mktemp("export") / "ds"
-    recs = list(package(sub, ds, load_spec(spec), validate=False))
-    assert not [r for r in recs if r.status == "error"]
-    return ds
-
-
-@pytest.fixture
-def dataset(packaged: Path, tmp_path: Path) -> Path:
-    """A private, modifiable copy of the packaged dataset."""
-    shutil.copytree(packaged, tmp_path / "ds")
-    return tmp_path / "ds"
 
 
 def exported(dataset: Path, out: Path, fmt: str) -> list:

@@ -4,50 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pandas as pd
-import pytest
 import tifffile
 
 from bidspack.io.ometiff import write_ome_tiff
 from bidspack.io.sources import SliceFolder
-from bidspack.ops.package import package
 from bidspack.ops.rename import rename_subjects
 from bidspack.ops.verify import verify
 from bidspack.provenance.manifest import MANIFEST_PARQUET, MANIFEST_TSV, read_manifest
 from bidspack.provenance.record import read_records
-from bidspack.spec import load_schema, load_spec
+from bidspack.spec import load_schema
 from conftest import run_bidspack
 
 IMG = "sub-45670ko/micr/sub-45670ko_sample-brainLH_stain-N4_SPIM.ome.tif"
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory, example_source) -> tuple[Path, list]:
-    sub, spec = example_source
-    ds = tmp_path_factory.mktemp("prov") / "ds"
-    recs = list(package(sub, ds, load_spec(spec), validate=False))
-    assert not [r for r in recs if r.status == "error"]
-    return ds, recs
-
-
-@pytest.fixture
-def dataset(packaged, tmp_path: Path) -> Path:
-    shutil.copytree(packaged[0], tmp_path / "ds")
-    return tmp_path / "ds"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return run_bidspack(*args)
 
 
-def test_manifest_rows(packaged) -> None:
-    ds, recs = packaged
+def test_manifest_rows(packaged_run) -> None:
+    ds, recs = packaged_run
     rows = read_manifest(ds)
     schema = load_schema("manifest")
     for row in rows.values():
@@ -72,8 +54,8 @@ def test_manifest_rows(packaged) -> None:
     ]
 
 
-def test_provenance_records(packaged) -> None:
-    ds, _ = packaged
+def test_provenance_records(packaged: Path) -> None:
+    ds = packaged
     records = read_records(ds)
     assert len(records) == 16  # 15 subject x channel steps + the dataset step
     schema = load_schema("provenance")

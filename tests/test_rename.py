@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,20 +23,6 @@ from test_package import STP_SPEC, validator_errors
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return run_bidspack(*args)
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory, example_source) -> Path:
-    sub, spec = example_source
-    ds = tmp_path_factory.mktemp("renamepkg") / "ds"
-    assert not [r for r in package(sub, ds, load_spec(spec)) if r.status == "error"]
-    return ds
-
-
-@pytest.fixture
-def dataset(packaged: Path, tmp_path: Path) -> Path:
-    shutil.copytree(packaged, tmp_path / "ds")
-    return tmp_path / "ds"
 
 
 def own_errors(ds: Path) -> list[str]:

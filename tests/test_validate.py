@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,27 +11,10 @@ import pytest
 import tifffile
 
 from bidspack.io.omexml import build_omexml
-from bidspack.ops.package import package
 from bidspack.ops.validate import validate_dataset
-from bidspack.spec import load_spec
 from test_package import validator_errors
 
 IMG = "sub-45670ko/micr/sub-45670ko_sample-brainLH_stain-N4_SPIM"
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory, example_source) -> Path:
-    sub, spec = example_source
-    ds = tmp_path_factory.mktemp("packaged") / "ds"
-    recs = list(package(sub, ds, load_spec(spec)))
-    assert not [r for r in recs if r.status == "error"]
-    return ds
-
-
-@pytest.fixture
-def dataset(packaged: Path, tmp_path: Path) -> Path:
-    shutil.copytree(packaged, tmp_path / "ds")
-    return tmp_path / "ds"
 
 
 def errors(ds: Path) -> list[str]:
