@@ -65,7 +65,7 @@ def exported(dataset: Path, out: Path, fmt: str) -> list:
     recs = list(export(dataset, out, fmt))
     assert snapshot(dataset) == before
     assert [r.status for r in recs] == ["ok"] * len(recs) and recs[-1].action == "export"
-    assert not list(out.parent.glob(f".{out.name}.*.partial"))
+    assert not list(out.parent.glob(f".{out.name}.partial-*"))
     return recs
 
 
@@ -433,6 +433,23 @@ def test_exports_are_reproducible(packaged: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- refusals
+
+
+def test_leftovers_of_a_killed_export_are_removed(packaged: Path, tmp_path: Path) -> None:
+    """A staged folder of a process that no longer runs is removed; one of a running
+    process (this one: another export of the same OUT) is left alone."""
+    import os
+
+    dead = subprocess.Popen(["true"])  # a process id that has ended
+    dead.wait()
+    out = tmp_path / "prov.json"
+    stale = tmp_path / f".prov.json.partial-{dead.pid}-abcdef"
+    stale.mkdir()
+    (stale / "half.json").write_text("{")
+    live = tmp_path / f".prov.json.work-{os.getppid()}-012345"
+    live.write_text("{")
+    exported(packaged, out, "prov-json")
+    assert not stale.exists() and live.exists() and out.is_file()
 
 
 def test_cli_refuses_existing_out(packaged: Path, tmp_path: Path) -> None:

@@ -8,18 +8,15 @@ a ``dask.distributed`` cluster, optional NGFF labels); ``.ome.tif``, ``.ome.tiff
 ``.ome.btf`` a tiled OME-TIFF pyramid (:func:`bidspack.io.ometiff.write_ome_tiff`). The
 image is planned first (source, shape, voxel size, format, labels: every problem is a
 clean error before anything is written), then written to a hidden sibling of OUT
-(``.<name>.partial-<pid>``) that is renamed to OUT only after the written pixels hashed
-like the source's: OUT never exists half-written, and an existing OUT is never replaced.
-What a killed run left beside OUT is removed by the next run
-(:func:`remove_stale_staging`).
+(:func:`bidspack.txn.beside.staged_beside`) that is renamed to OUT only after the
+written pixels hashed like the source's: OUT never exists half-written, and an existing
+OUT is never replaced. What a killed run left beside OUT is removed by the next run
+(:func:`bidspack.txn.beside.remove_stale`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +28,7 @@ from bidspack.io.ometiff import Compression, write_ome_tiff
 from bidspack.io.omezarr import DEFAULT_VERSION, NGFF_VERSIONS, write_ome_zarr
 from bidspack.io.sources import ImageSource, open_source
 from bidspack.records import Record
+from bidspack.txn.beside import remove_stale, staged_beside, work_prefix
 
 #: Output name endings and the format each gives.
 SUFFIXES = {
@@ -179,36 +177,6 @@ def plan_aggregate(
     )
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this id runs (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    return True
-
-
-def remove_stale_staging(out: Path) -> list[Path]:
-    """Remove what an interrupted ``aggregate`` of *out* left beside it: the hidden
-    ``.<name>.partial-<pid>`` and ``.<name>.work-<pid>-*`` entries of processes that no
-    longer run (a crash or ``kill -9`` skips the cleanup). Those of a running process
-    (another aggregate of the same OUT) are left alone. Returns what was removed."""
-    removed = []
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(?:partial|work)-(\d+)(?:-.*)?$")
-    for entry in sorted(out.parent.glob(f".{out.name}.*")) if out.parent.is_dir() else []:
-        m = pattern.match(entry.name)
-        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
-    return removed
-
-
 def aggregate(
     plan: AggregatePlan,
     *,
@@ -241,10 +209,8 @@ def aggregate(
         raise PlanError(
             out, f"OME-NGFF version {ngff_version} is not supported ({', '.join(NGFF_VERSIONS)})"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    removed = remove_stale_staging(out)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    try:
+    removed = remove_stale(out)
+    with staged_beside(out, create=None) as partial:
         if plan.fmt == "ome-zarr":
             try:
                 zres = write_ome_zarr(
@@ -273,8 +239,7 @@ def aggregate(
             if zres.labels:
                 what += ", labels " + ", ".join(lb.name for lb in zres.labels)
         else:
-            work_prefix = f".{out.name}.work-{os.getpid()}-"
-            with tempfile.TemporaryDirectory(dir=out.parent, prefix=work_prefix) as work:
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=work_prefix(out)) as work:
                 tres = write_ome_tiff(
                     partial,
                     plan.source,
@@ -297,13 +262,6 @@ def aggregate(
             what = f"OME-TIFF, {len(tres.levels)} level(s)"
         if out.exists() or out.is_symlink():
             raise OutputError(out, "appeared while it was being written; nothing replaced")
-        os.replace(partial, out)
-    except BaseException:
-        if partial.is_dir():
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            partial.unlink(missing_ok=True)
-        raise
     shape = "x".join(map(str, plan.source.shape))
     for entry in removed:
         yield Record("recover", str(entry), "ok", "removed what an interrupted run left")

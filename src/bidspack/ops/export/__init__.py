@@ -52,7 +52,7 @@ The dataset is only read: it is never recovered, saved or changed. Its lock is h
 while it is read (when it has a ``.bidspack/`` folder that can be written), and a
 dataset with an unfinished transaction is refused. OUT must not exist or be an empty
 folder (``prov-json``: must not exist) and must not lie inside DATASET. The export is
-built next to OUT (``.<OUT name>.<random>.partial``), validated there and then renamed
+built next to OUT (``.<OUT name>.partial-<pid>-<random>``), validated there and then renamed
 to OUT, so OUT never holds a partial or unvalidated export; on any error the partial
 one is removed.
 

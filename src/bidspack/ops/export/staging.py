@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from bidspack.errors import OutputError, ValidationFailed
 from bidspack.provenance.manifest import MANIFEST_TSV, Row, read_manifest
 from bidspack.txn import dataset_lock, pending
+from bidspack.txn.beside import remove_stale, staged_beside
 from bidspack.txn.transaction import STATE_DIR
 
 
@@ -80,25 +78,9 @@ def reading(dataset: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def staged_output(out: Path, *, folder: bool) -> Iterator[Path]:
     """Yield a new temporary file or folder next to *out*; rename it to *out* when the
-    block succeeds, remove it when it fails (any exception, interrupts included)."""
-    out = out.absolute()  # a sane name and parent also for "." or "x/.."
-    out.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # created exclusively, with the permissions the umask gives
-        tmp = out.parent / f".{out.name}.{secrets.token_hex(6)}.partial"
-        try:
-            if folder:
-                tmp.mkdir()
-            else:
-                tmp.touch(exist_ok=False)
-            break
-        except FileExistsError:
-            continue
-    try:
+    block succeeds, remove it when it fails (any exception, interrupts included). What
+    a killed export left beside *out* is removed first
+    (:mod:`bidspack.txn.beside`)."""
+    remove_stale(out.absolute())
+    with staged_beside(out, create="folder" if folder else "file") as tmp:
         yield tmp
-        os.replace(tmp, out)  # rename(2): atomic; replaces an empty folder, not a full one
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
