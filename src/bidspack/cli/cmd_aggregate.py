@@ -25,6 +25,15 @@ def _triple(value: str | None, what: str, cast: type) -> tuple | None:
         raise PlanError(None, f"{what} must be three numbers Z,Y,X, not {value!r}") from None
 
 
+def _micrometres(value: str | None, what: str, unit: str) -> tuple[float, float, float] | None:
+    """``"4,1.8,1.8"`` in *unit* -> ``(z, y, x)`` in micrometres; ``None`` stays ``None``."""
+    zyx = _triple(value, what, float)
+    if zyx is None:
+        return None
+    f = UNIT_TO_UM[unit]
+    return (zyx[0] * f, zyx[1] * f, zyx[2] * f)
+
+
 def _index_or_name(value: str | None) -> int | str | None:
     """``"2"`` -> 2 (an index); other text stays a name."""
     return int(value) if value is not None and value.isdigit() else value
@@ -118,16 +127,8 @@ def aggregate_cmd(
     """
     from bidspack.ops.aggregate import aggregate, plan_aggregate
 
-    sizes = _triple(voxel_size, "--voxel-size", float)
-    voxel = None
-    if sizes is not None:
-        f = UNIT_TO_UM[unit]
-        voxel = (sizes[0] * f, sizes[1] * f, sizes[2] * f)
-    at = _triple(origin, "--origin", float)
-    origin_um = None
-    if at is not None:
-        f = UNIT_TO_UM[unit]
-        origin_um = (at[0] * f, at[1] * f, at[2] * f)
+    voxel = _micrometres(voxel_size, "--voxel-size", unit)
+    origin_um = _micrometres(origin, "--origin", unit)
     plan = plan_aggregate(
         source,
         out,
