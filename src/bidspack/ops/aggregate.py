@@ -85,15 +85,16 @@ class AggregatePlan:
         }
 
 
-def output_format(out: Path) -> str:
-    """``"ome-zarr"`` or ``"ome-tiff"`` from OUT's name (see :data:`SUFFIXES`).
+def output_format(out: Path) -> tuple[str, str]:
+    """``(format, stem)`` from OUT's name: ``"ome-zarr"`` or ``"ome-tiff"`` (see
+    :data:`SUFFIXES`), and the name without that ending.
 
     Raises:
         PlanError: any other name.
     """
     for suffix, fmt in SUFFIXES.items():
         if out.name.lower().endswith(suffix):
-            return fmt
+            return fmt, out.name[: -len(suffix)]
     raise PlanError(out, "the output name must end in .ome.zarr, .ome.tif, .ome.tiff or .ome.btf")
 
 
@@ -122,7 +123,7 @@ def plan_aggregate(
             exist in it, or are given for a TIFF source.
     """
     out = Path(out)
-    fmt = output_format(out)
+    fmt, stem = output_format(out)
     if out.exists() or out.is_symlink():
         raise OutputError(out, "already exists", hint="choose a new output path")
     src = open_source(Path(source), scene=scene, channel=channel, time=time)
@@ -166,11 +167,6 @@ def plan_aggregate(
         opened[lname] = lsrc
     if kind == "label" and src.dtype.kind not in "ui":
         raise PlanError(src.path, f"label image pixels are {src.dtype}, not integers")
-    stem = out.name
-    for suffix in SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
     origin = origin_um or src.info.origin
     return AggregatePlan(
         src, out, fmt, (voxel[0], voxel[1], voxel[2]), name or stem, kind, opened, origin
