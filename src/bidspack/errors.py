@@ -85,5 +85,17 @@ class ValidationFailed(BidspackError):
     """The dataset has validation errors (BIDS validator or bidspack's own checks)."""
 
 
+class UnsafeInputError(BidspackError):
+    """An untrusted value (a spec key, a journal entry, an evidence file, a file name of
+    the submission) is refused: a path leaving its root, a symlink, a FIFO, a template
+    with attribute access, a pattern that needs backtracking ... (see
+    :mod:`bidspack.safety`)."""
+
+
+class ResourceLimitError(BidspackError):
+    """An input would exceed a documented resource budget (pixels to decode, spec size,
+    nesting depth, index range); the message states the budget and how to raise it."""
+
+
 class ToolError(BidspackError):
     """An external tool (bids-validator-deno, git-annex, ...) is missing or failed."""
