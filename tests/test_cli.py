@@ -53,7 +53,7 @@ def test_dry_run_json_lines_name_every_target(example, tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     recs = [json.loads(line) for line in res.stdout.splitlines()]
-    kinds = {r["message"] for r in recs}
+    kinds = {r["action"] for r in recs}
     assert kinds == {"write", "convert", "copy", "exclude"}
     assert any(r["path"].endswith("_stain-N4_SPIM.ome.tif") for r in recs)
     assert not (tmp_path / "ds").exists()

@@ -72,7 +72,7 @@ def test_dry_run_writes_nothing(example, tmp_path: Path) -> None:
     sub, spec_path = example
     before = snapshot(sub)
     records = list(package(sub, tmp_path / "ds", load_spec(spec_path), dry_run=True))
-    assert records and all(r.action == "plan" for r in records)
+    assert records and {r.status for r in records} == {"planned", "excluded"}
     assert not (tmp_path / "ds").exists()
     assert snapshot(sub) == before
 

@@ -7,6 +7,8 @@ stacks or vendor files to OME-TIFF / OME-Zarr), ``copy`` (non-image files) or
 ``exclude`` (with a reason) -- except a vendor file whose channels several spec entries
 ``select``: it feeds one ``convert`` per entry.
 ``write`` actions create metadata files (sidecars, tables, dataset_description.json).
+``refuse`` actions list submission entries that are never read: symbolic links (unless
+followed on request and inside the submission), FIFOs, sockets and devices, with why.
 The JSON form is described by ``specs/plan.schema.json``.
 """
 
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ActionKind = Literal["convert", "copy", "write", "exclude", "skip"]
+ActionKind = Literal["convert", "copy", "write", "exclude", "skip", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,8 @@ class Action:
     """One thing a plan will do.
 
     Attributes:
-        kind: ``convert``, ``copy``, ``write``, ``exclude`` or ``skip``.
-        target: dataset-relative output path (``None`` for exclude/skip).
+        kind: ``convert``, ``copy``, ``write``, ``exclude``, ``skip`` or ``refuse``.
+        target: dataset-relative output path (``None`` for exclude/skip/refuse).
         sources: submission-relative input paths (POSIX), in Z order for slices.
         params: parameters that determine the output (shape, voxel size, codec ...).
         reason: why (exclude/skip), or a note.

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-Status = Literal["ok", "notneeded", "impossible", "error"]
-STATUSES: tuple[Status, ...] = ("ok", "notneeded", "impossible", "error")
+Status = Literal["ok", "planned", "excluded", "notneeded", "impossible", "error"]
+#: Every status, in the order summaries list them.
+STATUSES: tuple[Status, ...] = get_args(Status)
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,10 @@ class Record:
             ``"validate"``.
         path: the dataset-relative path concerned (POSIX separators), or the
             submission-relative input path for actions that write nothing.
-        status: ``ok`` (done), ``notneeded`` (already done, nothing written),
-            ``impossible`` (could not be attempted) or ``error`` (attempted, failed).
+        status: ``ok`` (done), ``planned`` (a dry run: would be done),
+            ``excluded`` (an input left out on purpose, with its reason),
+            ``notneeded`` (already done, nothing written), ``impossible`` (could not
+            be attempted) or ``error`` (attempted, failed).
         message: one human-readable sentence.
         details: JSON-serialisable extra fields (sources, hashes, counts ...).
     """
@@ -47,8 +50,9 @@ class Record:
 
 
 def count_statuses(records: Iterable[Record]) -> dict[str, int]:
-    """Count records per status; every status is present in the result."""
+    """Count records per status; every status of :data:`STATUSES` is present in the
+    result (in that order), so ``counts["error"]`` always works."""
     counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
     for rec in records:
-        counts[rec.status] += 1
+        counts[rec.status] = counts.get(rec.status, 0) + 1
     return counts

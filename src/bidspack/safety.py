@@ -143,9 +143,9 @@ class Matcher(Protocol):
 
     groupindex: Mapping[str, int]
 
-    def fullmatch(self, text: str) -> Any: ...  # noqa: D102
+    def fullmatch(self, text: str) -> Any: ...
 
-    def search(self, text: str) -> Any: ...  # noqa: D102
+    def search(self, text: str) -> Any: ...
 
 
 def compile_pattern(pattern: str, *, what: str, origin: str | Path | None = None) -> Matcher:
@@ -159,14 +159,12 @@ def compile_pattern(pattern: str, *, what: str, origin: str | Path | None = None
     import re2
 
     if len(pattern) > MAX_PATTERN_LENGTH:
-        raise UnsafeInputError(
-            origin, f"{what}: longer than {MAX_PATTERN_LENGTH} characters"
-        )
+        raise UnsafeInputError(origin, f"{what}: longer than {MAX_PATTERN_LENGTH} characters")
     opts = re2.Options()
     opts.log_errors = False
     opts.max_mem = RE2_MAX_MEM
     try:
-        return re2.compile(pattern, options=opts)  # type: ignore[no-any-return]
+        return re2.compile(pattern, options=opts)
     except re2.error as exc:
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
         raise UnsafeInputError(
@@ -230,9 +228,13 @@ def parse_template(
     for _, field, spec, conversion in parsed:
         if field is None:
             continue
-        shown = "{" + field + (f"!{conversion}" if conversion else "") + (
-            f":{spec}" if spec else ""
-        ) + "}"
+        shown = (
+            "{"
+            + field
+            + (f"!{conversion}" if conversion else "")
+            + (f":{spec}" if spec else "")
+            + "}"
+        )
         if not field.isidentifier():
             raise UnsafeInputError(
                 origin,

@@ -7,7 +7,9 @@ before anything else runs.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -19,8 +21,26 @@ from typing import Any
 import jsonschema
 import yaml
 
-from bidspack.errors import SpecError
+from bidspack.errors import BidspackError, SpecError, UnsafeInputError
 from bidspack.io.sources import UNIT_TO_UM
+from bidspack.safety import (
+    Matcher,
+    check_relpath,
+    check_text_field,
+    compile_glob,
+    compile_pattern,
+    entry_kind,
+    parse_template,
+)
+
+#: Largest spec file bidspack reads (bytes).
+MAX_SPEC_BYTES = 1 << 20
+#: Deepest nesting of tables/lists in a spec.
+MAX_SPEC_DEPTH = 32
+#: Most values in a spec after YAML aliases are expanded (alias bombs stop here).
+MAX_SPEC_NODES = 100_000
+#: participants.tsv / samples.tsv column names bidspack accepts (BIDS: snake_case).
+COLUMN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
 @cache
@@ -82,6 +102,7 @@ class Exclude:
     path: str
     reason: str
     evidence: Path | None = None
+    matcher: Matcher | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -98,7 +119,7 @@ class PackagingSpec:
     raw: dict[str, Any]
     text: str
     dataset: dict[str, Any]
-    pattern: re.Pattern[str]
+    pattern: Matcher
     label_template: str
     sanitize: bool
     sample_template: str
@@ -108,6 +129,7 @@ class PackagingSpec:
     channels: tuple[Channel, ...]
     excludes: tuple[Exclude, ...]
     output: dict[str, Any]
+    exclude_junk: bool = True
 
 
 def _line_of(text: str, path: list[str | int], is_yaml: bool) -> int | None:
@@ -164,14 +186,19 @@ def _fmt_path(path: list[str | int]) -> str:
 
 
 def _evidence(spec_path: Path, entry: dict[str, Any], i: int, fail: Any) -> Path | None:
-    """Resolve and check an exclude's hashdiff evidence (a valid summary.json)."""
+    """Resolve and check an exclude's hashdiff evidence (a valid summary.json; its
+    folder names ``a`` and ``b`` are only ever used as sanitised labels)."""
     if "evidence" not in entry:
         return None
     ev = (spec_path.parent / entry["evidence"]).resolve()
     loc: list[str | int] = ["exclude", i, "evidence"]
+    if entry_kind(ev) != "file":  # a FIFO or device would be read without end
+        raise fail(loc, f"{entry['evidence']} is not a regular file")
     try:
+        if ev.stat().st_size > MAX_SPEC_BYTES:
+            raise fail(loc, f"{entry['evidence']} is larger than {MAX_SPEC_BYTES} bytes")
         doc = json.loads(ev.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise fail(loc, f"cannot read hashdiff summary {entry['evidence']}: {exc}") from exc
     errors = list(jsonschema.Draft202012Validator(load_schema("hashdiff")).iter_errors(doc))
     if errors:
@@ -179,60 +206,225 @@ def _evidence(spec_path: Path, entry: dict[str, Any], i: int, fail: Any) -> Path
     return ev
 
 
-def load_spec(path: Path) -> PackagingSpec:
-    """Read and validate a packaging spec (``.toml``, ``.yaml`` or ``.yml``).
+def _check_bounds(doc: Any, fail: Any) -> None:
+    """Refuse documents nested deeper than :data:`MAX_SPEC_DEPTH` or with more than
+    :data:`MAX_SPEC_NODES` values (iteratively: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_SPEC_NODES:
+            raise fail([], f"more than {MAX_SPEC_NODES} values (a packaging spec is small)")
+        if depth > MAX_SPEC_DEPTH:
+            raise fail([], f"nested deeper than {MAX_SPEC_DEPTH} levels")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
-    Raises:
-        SpecError: unreadable file, syntax error, schema violation, invalid regular
-            expression or template, with the file, line and key path.
-    """
-    path = Path(path)
+
+def _yaml_size(node: yaml.Node, path: Path) -> None:
+    """Check a composed YAML graph before constructing it: aliases count once per use,
+    so an alias bomb (``&a [*b, *b, ...]``) is refused without being expanded; a
+    recursive alias is refused too."""
+    sizes: dict[int, int] = {}
+    depth_of: dict[int, int] = {}
+    # iterative post-order walk over the node graph
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    active: set[int] = set()
+    while stack:
+        n, done = stack.pop()
+        key = id(n)
+        children: list[yaml.Node] = []
+        if isinstance(n, yaml.SequenceNode):
+            children = list(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            children = [c for pair in n.value for c in pair]
+        if done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            depth_of[key] = 1 + max((depth_of[id(c)] for c in children), default=0)
+            if sizes[key] > MAX_SPEC_NODES:
+                raise SpecError(
+                    path,
+                    f"more than {MAX_SPEC_NODES} values once YAML aliases are expanded "
+                    "(an alias bomb?)",
+                    line=n.start_mark.line + 1,
+                )
+            if depth_of[key] > MAX_SPEC_DEPTH:
+                raise SpecError(
+                    path, f"nested deeper than {MAX_SPEC_DEPTH} levels", line=n.start_mark.line + 1
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise SpecError(path, "recursive YAML alias", line=n.start_mark.line + 1)
+        active.add(key)
+        stack.append((n, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _plain(value: Any) -> Any:
+    """TOML/YAML dates and times as ISO 8601 strings (JSON has no date type)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, _dt.date | _dt.time):
+        return value.isoformat()
+    return value
+
+
+def _parse(path: Path, data: bytes, is_yaml: bool) -> tuple[str, Any]:
+    """Decode and parse the spec's bytes within the documented bounds."""
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(path, f"larger than {MAX_SPEC_BYTES} bytes; a packaging spec is small")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(path, f"cannot read the packaging spec ({exc.strerror})") from exc
-    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SpecError(path, f"not valid UTF-8 (byte {exc.start})", line=line) from exc
     try:
-        doc = yaml.safe_load(text) if is_yaml else tomllib.loads(text)
+        if is_yaml:
+            loader = yaml.SafeLoader(text)
+            try:
+                node = loader.get_single_node()
+                if node is not None:
+                    _yaml_size(node, path)
+                doc = loader.construct_document(node) if node is not None else None
+            finally:
+                loader.dispose()
+        else:
+            doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, f"TOML syntax error: {exc}") from exc
     except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        mark = getattr(exc, "problem_mark", None)
         raise SpecError(
-            path, f"YAML syntax error: {exc}", line=None if line is None else line + 1
+            path, f"YAML syntax error: {exc}", line=None if mark is None else mark.line + 1
         ) from exc
+    except RecursionError as exc:
+        raise SpecError(path, f"nested deeper than {MAX_SPEC_DEPTH} levels") from exc
+    except ValueError as exc:  # e.g. YAML integers too long to convert
+        raise SpecError(path, f"unreadable value: {exc}") from exc
+    return text, doc
+
+
+def _schema_problems(doc: dict[str, Any], path: Path, text: str, is_yaml: bool) -> SpecError | None:
+    """Every schema violation, each with its key path and line (one error listing all)."""
+    schema = load_schema("packaging")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    if not errors:
+        return None
+    found: list[tuple[list[str | int], int | None, str]] = []
+    for err in errors:
+        loc = list(err.absolute_path)
+        message = err.message
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = set(err.schema.get("properties", {}))
+            extra = sorted(k for k in err.instance if k not in allowed)
+            if extra:  # point at the unexpected key itself, not its table
+                loc = [*loc, extra[0]]
+                message = f"unknown key {extra[0]!r}" + (
+                    f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+                )
+        found.append((loc, _line_of(text, loc, is_yaml), message))
+    found.sort(key=lambda f: (f[1] is None, f[1] or 0))
+    first_loc, first_line, first_msg = found[0]
+    if len(found) == 1:
+        return SpecError(path, first_msg, location=_fmt_path(first_loc), line=first_line)
+    lines = [f"{len(found)} problems:"]
+    for loc, line, message in found:
+        where = f"line {line}: " if line else ""
+        lines.append(f"  {where}{_fmt_path(loc)}: {message}")
+    return SpecError(path, "\n".join(lines), line=first_line)
+
+
+def load_spec(path: Path) -> PackagingSpec:
+    """Read and validate a packaging spec (``.toml``, ``.yaml`` or ``.yml``).
+
+    The file is read within bounds (:data:`MAX_SPEC_BYTES`, :data:`MAX_SPEC_DEPTH`,
+    :data:`MAX_SPEC_NODES` after YAML alias expansion); dates become ISO 8601 strings;
+    the subject pattern and exclude globs are compiled with RE2 (linear time); label
+    and sample templates accept only ``{group}`` fields; folders are safe relative
+    paths; voxel sizes finite and > 0; column names ``snake_case``.
+
+    Raises:
+        SpecError: unreadable file, syntax error, schema violations (all listed, each
+            with its line), invalid regular expression or template, unsafe path, with
+            the file, line and key path.
+    """
+    path = Path(path)
+    try:
+        if path.is_file() and path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(path, f"larger than {MAX_SPEC_BYTES} bytes; a packaging spec is small")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(path, f"cannot read the packaging spec ({exc.strerror})") from exc
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    text, doc = _parse(path, data, is_yaml)
     if not isinstance(doc, dict):
         raise SpecError(path, "the spec must be a table/mapping at the top level")
-    validator = jsonschema.Draft202012Validator(load_schema("packaging"))
-    errors = sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        err = errors[0]
-        loc = list(err.absolute_path)
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise SpecError(
-            path, err.message + more, location=_fmt_path(loc), line=_line_of(text, loc, is_yaml)
-        )
 
     def fail(loc: list[str | int], reason: str) -> SpecError:
         return SpecError(path, reason, location=_fmt_path(loc), line=_line_of(text, loc, is_yaml))
 
-    subj = doc["subjects"]
+    _check_bounds(doc, fail)
+    doc = _plain(doc)
+    problem = _schema_problems(doc, path, text, is_yaml)
+    if problem is not None:
+        raise problem
     try:
-        pattern = re.compile(subj["pattern"])
-    except re.error as exc:
-        raise fail(["subjects", "pattern"], f"invalid regular expression: {exc}") from exc
+        return _build(path, doc, text, fail)
+    except BidspackError as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise SpecError(path, exc.reason) from exc
+
+
+def _build(path: Path, doc: dict[str, Any], text: str, fail: Any) -> PackagingSpec:
+    """The typed spec from a schema-valid document (checks beyond the schema)."""
+
+    def guard(loc: list[str | int], func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UnsafeInputError as exc:
+            raise fail(loc, exc.reason) from exc
+
+    subj = doc["subjects"]
+    pattern = guard(["subjects", "pattern"], compile_pattern, subj["pattern"], what="pattern")
     groups = set(pattern.groupindex)
     for key in ("label", "sample"):
         if key in subj:
-            for name in re.findall(r"\{(\w+)\}", subj[key]):
-                if name not in groups:
-                    raise fail(
-                        ["subjects", key], f"template uses {{{name}}}, not a group of pattern"
-                    )
+            guard(["subjects", key], parse_template, subj[key], groups, what="template")
 
     def columns(section: str) -> tuple[Column, ...]:
         cols = []
         for name, c in (subj.get(section) or {}).items():
+            fixed = {
+                "participants": ("participant_id",),
+                "samples": ("sample_id", "participant_id", "sample_type"),
+            }[section]
+            if not COLUMN_NAME.match(name) or name in fixed:
+                raise fail(
+                    ["subjects", section, name],
+                    f"column name {name!r} is not allowed (letters, digits and '_', starting "
+                    f"with a letter, at most 64; not {', '.join(fixed)})",
+                )
+            for key in ("value", "map"):
+                values = c.get(key)
+                texts = (
+                    [values]
+                    if isinstance(values, str)
+                    else list(values.values())
+                    if isinstance(values, dict)
+                    else []
+                )
+                for v in texts:
+                    guard(["subjects", section, name, key], check_text_field, str(v), what="value")
             if "group" in c and c["group"] not in groups:
                 raise fail(["subjects", section, name], f"group {c['group']!r} is not in pattern")
             meta = {k: c[k] for k in ("Description", "Levels", "Units") if k in c}
@@ -249,7 +441,7 @@ def load_spec(path: Path) -> PackagingSpec:
             raise fail(["channels", i], "'pipeline' and 'desc' are for derivative channels")
         if ch.get("extras") == "derivative" and ctype != "derivative":
             raise fail(["channels", i, "extras"], "extras = 'derivative' needs a derivative")
-        folder = ch["folder"].strip("/")
+        folder = guard(["channels", i, "folder"], check_relpath, ch["folder"], what="folder")
         select = dict(ch.get("select", {}))
         key = folder + (json.dumps(select, sort_keys=True) if select else "")
         if key in folders:
@@ -262,6 +454,11 @@ def load_spec(path: Path) -> PackagingSpec:
         voxel = None
         if vs is not None:
             f = UNIT_TO_UM[ch.get("voxel_unit", "um")]
+            for axis in ("z", "y", "x"):
+                if not math.isfinite(vs[axis]):
+                    raise fail(
+                        ["channels", i, "voxel_size", axis], f"{vs[axis]} is not a finite number"
+                    )
             voxel = (vs["z"] * f, vs["y"] * f, vs["x"] * f)
         for ent in ch.get("entities", {}):
             if ent in ("sub", "subject", "sample", "desc", "description"):
@@ -280,7 +477,11 @@ def load_spec(path: Path) -> PackagingSpec:
                 required=ch.get("required", True),
                 sidecar=dict(ch.get("sidecar", {})),
                 extras=ch.get("extras", "sourcedata"),
-                labels_of=ch["labels_of"].strip("/") if ch.get("labels_of") else None,
+                labels_of=guard(
+                    ["channels", i, "labels_of"], check_relpath, ch["labels_of"], what="folder"
+                )
+                if ch.get("labels_of")
+                else None,
                 select=select,
                 label_name=ch.get("label_name")
                 or re.sub(r"[^A-Za-z0-9._-]", "_", ch.get("desc") or folder).lstrip("._-")
@@ -341,8 +542,14 @@ def load_spec(path: Path) -> PackagingSpec:
         sample_columns=columns("samples"),
         channels=tuple(channels),
         excludes=tuple(
-            Exclude(e["path"].strip("/"), e["reason"], _evidence(path, e, i, fail))
+            Exclude(
+                e["path"].strip("/"),
+                e["reason"],
+                _evidence(path, e, i, fail),
+                guard(["exclude", i, "path"], compile_glob, e["path"].strip("/"), what="glob"),
+            )
             for i, e in enumerate(doc.get("exclude", []))
         ),
         output=output,
+        exclude_junk=doc.get("exclude_junk", True),
     )

@@ -51,7 +51,7 @@ def _label_images(values: tuple[str, ...]) -> dict[str, Path]:
     return out
 
 
-@click.command("aggregate")
+@click.command("aggregate", short_help="One stack (slices, TIFF, CZI) to OME-Zarr or OME-TIFF.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--voxel-size", metavar="Z,Y,X", help="Voxel size when the files carry none.")

@@ -6,44 +6,42 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
-from bidspack.cli.base import map_errors
+from bidspack.cli.base import make_console, map_errors, plain
 from bidspack.errors import OutputError
-from bidspack.records import count_statuses
 
 
-@click.command("demo")
+@click.command("demo", short_help="Write the example submission, package and validate it.")
 @click.argument("outdir", type=click.Path(path_type=Path))
+@click.option("-v", "--verbose", is_flag=True, help="More detail (see 'package --verbose').")
 @map_errors
-def demo_cmd(outdir: Path) -> None:
-    """Write the example submission to OUTDIR/submission, package it into
-    OUTDIR/dataset (validated) and print a summary."""
+def demo_cmd(outdir: Path, verbose: bool) -> None:
+    """Write the example submission to OUTDIR/submission (three mouse brains as 2D
+    TIFF slice folders, label masks, CSVs; see examples/README.md) with its packaging
+    spec OUTDIR/lightsheet-spec.toml, package it into OUTDIR/dataset, validate it,
+    and print what was done. Then try the same with 'bidspack package --dry-run'."""
+    from bidspack.cli.cmd_package import report_records
     from bidspack.examples import write_submission
     from bidspack.ops.package import package
     from bidspack.spec import load_spec
 
     if outdir.exists() and any(outdir.iterdir()):
         raise OutputError(outdir, "exists and is not empty", hint="choose a new folder")
-    console = Console()
+    console = make_console()
     spec_path = write_submission(outdir / "submission")
-    console.print(f"example submission: {outdir / 'submission'}")
-    records = list(package(outdir / "submission", outdir / "dataset", load_spec(spec_path)))
-    counts = count_statuses(records)
-    converted = [r for r in records if r.action == "convert"]
-    errors = [r for r in records if r.status == "error"]
-    warnings = sum(1 for r in records if r.details.get("severity") == "warning")
-    console.print(f"dataset: {outdir / 'dataset'}")
-    for r in converted:
-        console.print(f"  {r.path}  pixel hash {r.details['pixel_hash']}")
-    console.print(
-        f"converted {len(converted)} stacks, copied "
-        f"{sum(r.action == 'copy' for r in records)} files, excluded "
-        f"{sum(r.details.get('files', 0) for r in records if r.action == 'exclude')} files"
+    console.print(plain(f"example submission: {outdir / 'submission'}"))
+    console.print(plain(f"packaging spec:     {spec_path}"))
+    console.print(plain(f"dataset:            {outdir / 'dataset'}"))
+    console.print()
+    records = package(outdir / "submission", outdir / "dataset", load_spec(spec_path))
+    counts = report_records(
+        records, outdir / "dataset", dry_run=False, verbose=verbose, console=console
     )
     console.print(
-        f"validation: {len(errors)} errors, {warnings} warning codes "
-        f"(bids-validator-deno -r and bidspack checks); records {counts}"
+        plain(
+            f"next: bidspack package {outdir / 'submission'} NEW_DATASET --spec {spec_path} "
+            "--dry-run"
+        )
     )
-    if errors:
+    if counts["error"]:
         sys.exit(1)

@@ -11,7 +11,7 @@ from bidspack.cli.base import json_option, map_errors, render
 from bidspack.ops.export import FORMATS
 
 
-@click.command("export")
+@click.command("export", short_help="Export a dataset: PROV-JSON, RO-Crate or BagIt.")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option(

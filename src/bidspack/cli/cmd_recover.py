@@ -11,7 +11,7 @@ from bidspack.errors import OutputError
 from bidspack.records import Record
 
 
-@click.command("recover")
+@click.command("recover", short_help="Finish or undo steps of an interrupted run.")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @json_option
 @map_errors

@@ -11,7 +11,7 @@ from bidspack.cli.base import json_option, map_errors, render
 from bidspack.errors import OutputError
 
 
-@click.command("init")
+@click.command("init", short_help="Make a bidspack dataset a DataLad dataset.")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option(
     "--datalad",
@@ -30,7 +30,7 @@ def init_cmd(dataset: Path, datalad: bool, as_json: bool) -> None:
     render(init_datalad(dataset), as_json=as_json, title="bidspack init")
 
 
-@click.command("release")
+@click.command("release", short_help="Validate, verify, save and tag a release (DataLad).")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.argument("version")
 @click.option("--note", help="Text of the CHANGES entry (default: 'Release.').")

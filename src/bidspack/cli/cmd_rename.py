@@ -11,7 +11,7 @@ from bidspack.cli.base import json_option, map_errors, render
 from bidspack.errors import PlanError
 
 
-@click.command("rename-subject")
+@click.command("rename-subject", short_help="Rename subjects everywhere, in one transaction.")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.argument("old", required=False)
 @click.argument("new", required=False)

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.text import Text
 
-from bidspack.cli.base import json_option, map_errors, render
+from bidspack.cli.base import json_option, make_console, map_errors, render
 
 
-@click.command("verify")
+@click.command("verify", short_help="Check files against the manifest (checksums, pixels).")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @click.option("--no-pixels", is_flag=True, help="Skip pixel hashes (checksums only).")
 @json_option
@@ -27,7 +27,7 @@ def verify_cmd(dataset: Path, no_pixels: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
-@click.command("log")
+@click.command("log", short_help="Step history of a dataset, newest first.")
 @click.argument("dataset", type=click.Path(path_type=Path))
 @json_option
 @map_errors
@@ -35,7 +35,7 @@ def log_cmd(dataset: Path, as_json: bool) -> None:
     """The step history of DATASET from its provenance records, newest first."""
     from bidspack.provenance.record import read_records
 
-    console = Console()
+    console = make_console()
     for rec in read_records(dataset):
         act = rec["Records"]["Activities"][0]
         outputs = [e for e in rec["Records"]["Entities"] if e.get("GeneratedBy") == act["Id"]]
@@ -54,6 +54,9 @@ def log_cmd(dataset: Path, as_json: bool) -> None:
             )
         else:
             console.print(
-                f"{act['EndedAtTime']}  [bold]{act['Label']}[/] {act.get('Step', '')}"
-                f"  {len(outputs)} output(s)  {act['Id']}"
+                Text.assemble(
+                    f"{act['EndedAtTime']}  ",
+                    (str(act["Label"]), "bold"),
+                    f" {act.get('Step', '')}  {len(outputs)} output(s)  {act['Id']}",
+                )
             )

@@ -13,6 +13,8 @@ OME-TIFF inputs do (read from their OME-XML with ome-types).
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from abc import ABC, abstractmethod
 from collections import deque
@@ -25,9 +27,48 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from bidspack.errors import SourceError
+from bidspack.errors import ResourceLimitError, SourceError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2")
+#: The first bytes of a TIFF (classic or BigTIFF, either byte order).
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+#: Default budget for one decoded 2D plane, in MiB (``BIDSPACK_MAX_PLANE_MB`` raises it):
+#: a header that claims more is refused before anything is decoded.
+DEFAULT_MAX_PLANE_MB = 1024
+
+
+def max_plane_bytes() -> int:
+    """The decoded-plane budget in bytes (``BIDSPACK_MAX_PLANE_MB``, default
+    :data:`DEFAULT_MAX_PLANE_MB`)."""
+    raw = os.environ.get("BIDSPACK_MAX_PLANE_MB", "")
+    try:
+        mb = int(raw) if raw else DEFAULT_MAX_PLANE_MB
+    except ValueError:
+        mb = DEFAULT_MAX_PLANE_MB
+    return max(mb, 1) << 20
+
+
+def check_plane_budget(path: Path, shape_yx: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a plane whose decoded size exceeds the budget, before decoding it.
+
+    Raises:
+        ResourceLimitError: naming the file, the plane size and the budget.
+    """
+    n = 1
+    for d in shape_yx:
+        n *= int(d)
+    need = n * np.dtype(dtype).itemsize
+    budget = max_plane_bytes()
+    if need > budget:
+        raise ResourceLimitError(
+            path,
+            f"one plane of {' x '.join(map(str, shape_yx))} {np.dtype(dtype).name} pixels "
+            f"would need {need / 2**20:.0f} MiB decoded, over the budget of "
+            f"{budget >> 20} MiB per plane",
+            hint="set BIDSPACK_MAX_PLANE_MB to raise it if the header is right",
+        )
+
+
 _INDEX = re.compile(r"(\d+)(?!.*\d)")
 
 #: Units accepted for physical sizes and their factor to micrometres.
@@ -157,7 +198,36 @@ class ImageSource(ABC):
 
 
 def _tiff_header(path: Path) -> tuple[tuple[int, ...], str, np.dtype, int]:
-    """(shape, axes, dtype, page count) of the first series of a TIFF, without decoding."""
+    """(shape, axes, dtype, page count) of the first series of a TIFF, without decoding.
+
+    The file must be a regular file starting with a TIFF signature (checked before
+    tifffile reads it), and one plane must fit the decoded-plane budget.
+
+    Raises:
+        SourceError: not a regular file, not a TIFF, unreadable header.
+        ResourceLimitError: one plane exceeds the budget (:func:`check_plane_budget`).
+    """
+    from bidspack.safety import entry_kind
+
+    kind = entry_kind(path)
+    if kind != "file":
+        raise SourceError(path, f"not a regular file ({kind}); not read")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise SourceError(path, f"cannot read ({exc.strerror})") from exc
+    if head not in TIFF_MAGIC:
+        raise SourceError(
+            path, f"not a readable TIFF file (it starts with {head!r}, not a TIFF signature)"
+        )
+    header = _tiff_series(path)
+    shape, _, dtype, _ = header
+    check_plane_budget(path, shape[-2:], dtype)
+    return header
+
+
+def _tiff_series(path: Path) -> tuple[tuple[int, ...], str, np.dtype, int]:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -198,13 +268,20 @@ class SliceFolder(ImageSource):
                 )
             by_index[idx] = f
         indices = sorted(by_index)
-        missing = sorted(set(range(indices[0], indices[-1] + 1)) - set(indices))
-        if missing:
-            shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        # counted arithmetically: a name such as Z99999999999.tif must not make us
+        # build the range of every index in between
+        n_missing = indices[-1] - indices[0] + 1 - len(indices)
+        if n_missing:
+            shown: list[int] = []
+            for lo, hi in itertools.pairwise(indices):
+                shown.extend(range(lo + 1, min(hi, lo + 1 + 10 - len(shown))))
+                if len(shown) >= 10:
+                    break
+            text = ", ".join(map(str, shown)) + (" ..." if n_missing > len(shown) else "")
             raise SourceError(
                 self.path,
-                f"gap in slice indices: {len(missing)} missing between {indices[0]} and "
-                f"{indices[-1]} (missing: {shown})",
+                f"gap in slice indices: {n_missing} missing between {indices[0]} and "
+                f"{indices[-1]} (missing: {text})",
             )
         self.first_index = indices[0]
         self.files = tuple(by_index[i] for i in indices)
@@ -277,10 +354,10 @@ class TiffStack(ImageSource):
             with tifffile.TiffFile(self.path) as tif:
                 page = tif.series[0].pages[z]
                 assert page is not None
-                plane = page.asarray()
-        except Exception as exc:
+                plane = np.asarray(page.asarray()).reshape(self.shape[1:])
+        except Exception as exc:  # a damaged page can decode to any size
             raise SourceError(self.path, f"cannot decode plane {z} ({exc})") from exc
-        return self._check_plane(np.asarray(plane).reshape(self.shape[1:]), self.path)
+        return self._check_plane(plane, self.path)
 
     def iter_planes(self, *, prefetch: int = 4, workers: int = 2) -> Iterator[np.ndarray]:
         """Yield planes in Z order from one open file handle (pages are decoded in order)."""

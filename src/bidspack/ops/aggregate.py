@@ -28,6 +28,7 @@ from bidspack.io.ometiff import Compression, write_ome_tiff
 from bidspack.io.omezarr import DEFAULT_VERSION, NGFF_VERSIONS, write_ome_zarr
 from bidspack.io.sources import ImageSource, open_source
 from bidspack.records import Record
+from bidspack.safety import is_within
 from bidspack.txn.beside import remove_stale, staged_beside, work_prefix
 
 #: Output name endings and the format each gives.
@@ -117,7 +118,7 @@ def plan_aggregate(
         PlanError: unknown output format, no voxel size (neither given nor in the
             OME-XML), a given voxel size contradicting the file's, labels for an OME-TIFF
             or a label image, a label image of another shape or non-integer pixels.
-        OutputError: OUT exists.
+        OutputError: OUT exists, or lies inside the source folder.
         SourceError: SOURCE or a label image is not a readable slice folder, stack or
             vendor file (:mod:`bidspack.io.vendor`); *scene*, *channel* or *time* do not
             exist in it, or are given for a TIFF source.
@@ -126,6 +127,12 @@ def plan_aggregate(
     fmt, stem = output_format(out)
     if out.exists() or out.is_symlink():
         raise OutputError(out, "already exists", hint="choose a new output path")
+    if Path(source).is_dir() and is_within(out, Path(source)):
+        raise OutputError(
+            out,
+            f"is inside the source folder {source}; a source is never written",
+            hint="choose an output path outside the source",
+        )
     src = open_source(Path(source), scene=scene, channel=channel, time=time)
     found = src.info.physical_size
     if voxel_size_um is None and found is None:

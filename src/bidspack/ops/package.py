@@ -9,9 +9,11 @@ OME-TIFF layout of :mod:`bidspack.io.ometiff`.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -24,16 +26,25 @@ from bidspack.bids import metadata
 from bidspack.bids.paths import micr_path
 from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text, write_text
-from bidspack.errors import BidspackError, OutputError, PlanError, SpecError
+from bidspack.errors import BidspackError, OutputError, PlanError, SpecError, UnsafeInputError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
 from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source
+from bidspack.io.tree import JUNK_REASON, Scan, is_junk, refusal, scan
 from bidspack.plan import Action, Plan
 from bidspack.provenance import datalad as dl
 from bidspack.provenance.manifest import MANIFEST_TSV
 from bidspack.provenance.record import StepProvenance
 from bidspack.provenance.record import stage as stage_provenance
 from bidspack.records import Record
+from bidspack.safety import (
+    MAX_LABEL_LENGTH,
+    check_relpath,
+    check_text_field,
+    entry_kind,
+    is_within,
+)
+from bidspack.safety import render_template as _render
 from bidspack.spec import Channel, PackagingSpec
 from bidspack.txn import Transaction, dataset_lock, recover
 from bidspack.txn.steps import fingerprint, hash_inputs, load_record, record_path, text_xxh3
@@ -52,26 +63,6 @@ class Execution:
     scheduler: object = None
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Glob to regex: ``**`` crosses ``/``, ``*`` and ``?`` do not."""
-    out = ""
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-        elif pattern[i] == "*":
-            out += "[^/]*"
-            i += 1
-        elif pattern[i] == "?":
-            out += "[^/]"
-            i += 1
-        else:
-            out += re.escape(pattern[i])
-            i += 1
-    return re.compile(rf"^{out}$")
-
-
 @dataclass(frozen=True)
 class SubjectFolder:
     """A subject folder of the submission and what the spec makes of it."""
@@ -82,41 +73,75 @@ class SubjectFolder:
     sample: str
 
 
-def _files_under(root: Path, rel: str) -> list[str]:
-    base = root / rel
-    if base.is_file():
-        return [rel]
-    return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file())
+def _listed(found: Scan) -> list[str]:
+    """Every entry of a scan, read or refused (what an exclude covers), sorted."""
+    return sorted([*found.files, *(p for p, _ in found.refused)])
+
+
+def check_roots(submission: Path, dataset: Path) -> None:
+    """Refuse a dataset inside the submission or a submission inside the dataset
+    (symlinks resolved): the submission is never written, and a re-run never packages
+    the dataset into itself.
+
+    Raises:
+        OutputError: naming both folders.
+    """
+    if is_within(dataset, submission):
+        raise OutputError(
+            dataset,
+            f"is inside the submission {submission}; the submission is never written",
+            hint="choose an output folder outside the submission",
+        )
+    if is_within(submission, dataset):
+        raise OutputError(
+            dataset,
+            f"contains the submission {submission}; a dataset must not hold its submission",
+            hint="choose an output folder outside the submission",
+        )
 
 
 def _subjects(
-    submission: Path, spec: PackagingSpec, excluded: Callable[[str], str | None]
+    submission: Path,
+    spec: PackagingSpec,
+    excluded: Callable[[str], str | None],
+    follow_symlinks: bool,
 ) -> tuple[list[SubjectFolder], list[Action]]:
     """Match top-level folders against the subject pattern; return subjects and the
-    exclude actions for excluded top-level entries."""
+    exclude (and refuse) actions for excluded (and unreadable) top-level entries."""
     subjects: list[SubjectFolder] = []
     actions: list[Action] = []
     unmatched: list[str] = []
     by_label: dict[str, str] = {}
-    for entry in sorted(submission.iterdir(), key=lambda p: p.name):
-        name = entry.name
+    by_folded: dict[str, tuple[str, str]] = {}
+    for name in sorted(os.listdir(submission)):
         reason = excluded(name)
         if reason is not None:
-            actions.append(
-                Action("exclude", None, tuple(_files_under(submission, name)), reason=reason)
-            )
+            found = scan(submission, name, follow_symlinks=follow_symlinks)
+            actions.append(Action("exclude", None, tuple(_listed(found) or [name]), reason=reason))
             continue
-        m = spec.pattern.fullmatch(name) if entry.is_dir() else None
+        why = refusal(submission, name, follow_symlinks=follow_symlinks)
+        if why is not None:
+            actions.append(Action("refuse", None, (name,), reason=why))
+            continue
+        _check_name(submission, name)
+        m = spec.pattern.fullmatch(name) if (submission / name).is_dir() else None
         if m is None:
             unmatched.append(name)
             continue
-        groups = {k: v for k, v in m.groupdict().items() if v is not None}
-        raw_label = spec.label_template.format(**groups)
-        raw_sample = spec.sample_template.format(**groups)
+        groups = {k: m.group(k) for k in spec.pattern.groupindex if m.group(k) is not None}
+        raw_label = _render(spec.label_template, groups)
+        raw_sample = _render(spec.sample_template, groups)
         label, sample = raw_label, raw_sample
         if spec.sanitize:
             label, sample = sanitize_label(raw_label), sanitize_label(raw_sample)
         for what, value in (("participant label", label), ("sample label", sample)):
+            if len(value) > MAX_LABEL_LENGTH:
+                raise PlanError(
+                    submission / name,
+                    f"{what} {value[:40]!r}... has {len(value)} characters; at most "
+                    f"{MAX_LABEL_LENGTH} fit in BIDS file names",
+                    hint="use fewer pattern groups in subjects.label / subjects.sample",
+                )
             if not is_valid_label(value):
                 raise PlanError(
                     submission / name,
@@ -129,10 +154,19 @@ def _subjects(
                 f"subject folders {by_label[label]} and {name} both map to participant label "
                 f"{label!r}",
             )
+        if label.casefold() in by_folded:
+            first, first_label = by_folded[label.casefold()]
+            raise PlanError(
+                submission,
+                f"subject folders {first} and {name} map to participant labels "
+                f"{first_label!r} and {label!r}, which differ only in case; they would "
+                "collide on case-insensitive file systems (macOS, Windows)",
+            )
         by_label[label] = name
+        by_folded[label.casefold()] = (name, label)
         subjects.append(SubjectFolder(name, groups, label, sample))
     if unmatched:
-        shown = ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
+        shown = ", ".join(map(repr, unmatched[:10])) + (" ..." if len(unmatched) > 10 else "")
         raise PlanError(
             submission,
             f"{len(unmatched)} top-level entr{'y' if len(unmatched) == 1 else 'ies'} match "
@@ -142,6 +176,23 @@ def _subjects(
     if not subjects:
         raise PlanError(submission, "no subject folder matches subjects.pattern")
     return subjects, actions
+
+
+def _check_name(submission: Path, rel: str) -> None:
+    """A submission path bidspack reads or writes must be representable in TSV/JSON
+    files and file names (no tab, newline or other control character; valid UTF-8).
+
+    Raises:
+        PlanError: naming the file.
+    """
+    try:
+        check_text_field(rel, what="file name")
+    except UnsafeInputError as exc:
+        raise PlanError(
+            submission / rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+            exc.reason,
+            hint="rename the file in a copy of the submission, or exclude it",
+        ) from exc
 
 
 def _open_image(
@@ -190,8 +241,12 @@ def _voxel_size(
     return given
 
 
-def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
+def build_plan(submission: Path, spec: PackagingSpec, *, follow_symlinks: bool = False) -> Plan:
     """Scan *submission* (read-only) and plan every output of the dataset.
+
+    Symbolic links, FIFOs, sockets and devices are never read: each becomes a
+    ``refuse`` action with the reason. With *follow_symlinks*, links that resolve to a
+    file or folder inside the submission are followed (listed in the plan parameters).
 
     Raises:
         PlanError: unmatched or colliding subject folders, unaccounted files,
@@ -199,13 +254,14 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
         SourceError: an image folder is invalid (gaps, duplicate indices, mixed
             shapes/dtypes, unreadable files).
         SpecError: voxel size missing or contradicting the files.
+        UnsafeInputError: a channel folder that leads outside the submission.
     """
     submission = Path(submission)
     if not submission.is_dir():
         raise PlanError(submission, "submission folder does not exist or is not a folder")
     patterns = [
         (
-            _glob_regex(e.path),
+            e.matcher,
             e.reason + (f" (evidence: code/bidspack/evidence/exclude{i}_*)" if e.evidence else ""),
         )
         for i, e in enumerate(spec.excludes)
@@ -214,12 +270,16 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
     def excluded(rel: str) -> str | None:
         parts = PurePosixPath(rel).parts
         for regex, reason in patterns:
+            assert regex is not None  # compiled by load_spec
             for i in range(1, len(parts) + 1):
-                if regex.match("/".join(parts[:i])):
+                if regex.fullmatch("/".join(parts[:i])):
                     return reason
+        if spec.exclude_junk and is_junk(rel):
+            return JUNK_REASON
         return None
 
-    subjects, actions = _subjects(submission, spec, excluded)
+    subjects, actions = _subjects(submission, spec, excluded, follow_symlinks)
+    followed: list[list[str]] = []
     out = spec.output
     converts: list[Action] = []
     copies: list[Action] = []
@@ -236,10 +296,16 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
     for subj in subjects:
         accounted: set[str] = set()
         images: dict[str, _Image] = {}
+        found = scan(submission, subj.folder, follow_symlinks=follow_symlinks)
+        followed.extend([link, target] for link, target in found.followed)
+        refused = dict(found.refused)
+        present = {*found.files, *found.dirs}
         for ch in spec.channels:
             rel = f"{subj.folder}/{ch.folder}"
             step = f"sub-{subj.label}/{ch.folder}"
-            if not (submission / rel).exists():
+            if rel in refused:
+                raise PlanError(submission / rel, f"channel folder is {refused[rel]}")
+            if rel not in present:
                 if ch.required:
                     raise PlanError(
                         submission / rel,
@@ -248,7 +314,7 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                     )
                 actions.append(Action("skip", None, (), reason="channel folder absent", step=step))
                 continue
-            files = _files_under(submission, rel)
+            files = [f for f in found.files if f == rel or f.startswith(rel + "/")]
             accounted.update(files)
             kept: list[str] = []
             for f in files:
@@ -256,6 +322,7 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                 if reason is not None:
                     actions.append(Action("exclude", None, (f,), reason=reason, step=step))
                 else:
+                    _check_name(submission, f)
                     kept.append(f)
             base = rel if (submission / rel).is_dir() else str(PurePosixPath(rel).parent)
             image_files = (
@@ -324,8 +391,16 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                 claim(target, f)
                 copies.append(Action("copy", target, (f,), step=step))
         _attach_labels(spec, submission, images, converts)
+        # Entries that are never read: excluded if an exclude covers them, else refused.
+        for f, why in found.refused:
+            reason = excluded(f)
+            step = f"sub-{subj.label}"
+            if reason is None:
+                actions.append(Action("refuse", None, (f,), reason=why, step=step))
+            else:
+                actions.append(Action("exclude", None, (f,), reason=reason, step=step))
         # Everything else in the subject folder must be excluded explicitly.
-        rest = [f for f in _files_under(submission, subj.folder) if f not in accounted]
+        rest = [f for f in found.files if f not in accounted]
         loose: list[str] = []
         for f in rest:
             reason = excluded(f)
@@ -343,8 +418,11 @@ def build_plan(submission: Path, spec: PackagingSpec) -> Plan:
                 hint="list the folder as a channel, or exclude it with a reason",
             )
     writes = _metadata_actions(spec, subjects, pipelines)
-    params = {"spec": spec.source.name, "output": dict(out)}
-    return Plan("package", params, [*writes, *converts, *copies, *_merge_excludes(actions)])
+    plan_params: dict[str, Any] = {"spec": spec.source.name, "output": dict(out)}
+    if follow_symlinks:
+        plan_params["follow_symlinks"] = True
+        plan_params["followed_symlinks"] = followed
+    return Plan("package", plan_params, [*writes, *converts, *copies, *_merge_excludes(actions)])
 
 
 @dataclass(frozen=True)
@@ -434,16 +512,27 @@ def _metadata_actions(
     subjects = sorted(subjects, key=lambda s: s.label)
     prow = []
     srow = []
+
+    def cell(column: str, value: str, folder: str) -> str:
+        try:
+            return check_text_field(value, what=f"{column} value")
+        except UnsafeInputError as exc:
+            raise PlanError(folder, f"{exc.reason}: cannot be written to a TSV table") from exc
+
     for s in subjects:
         row = {"participant_id": f"sub-{s.label}"}
-        row.update({c.name: c.resolve(s.groups) for c in spec.participant_columns})
+        row.update(
+            {c.name: cell(c.name, c.resolve(s.groups), s.folder) for c in spec.participant_columns}
+        )
         prow.append(row)
         srow_ = {
             "sample_id": f"sample-{s.sample}",
             "participant_id": f"sub-{s.label}",
             "sample_type": spec.sample_type,
         }
-        srow_.update({c.name: c.resolve(s.groups) for c in spec.sample_columns})
+        srow_.update(
+            {c.name: cell(c.name, c.resolve(s.groups), s.folder) for c in spec.sample_columns}
+        )
         srow.append(srow_)
     pcols = {c.name: c.meta for c in spec.participant_columns}
     ptsv, pjson = metadata.table_files(("participant_id",), prow, pcols)
@@ -460,18 +549,26 @@ def _metadata_actions(
         if ex.evidence is None:
             continue
         summ = json.loads(ex.evidence.read_text(encoding="utf-8"))
-        folder = f"code/bidspack/evidence/exclude{i}_{summ['a']}_vs_{summ['b']}"
+        # the compared folders' names come from an untrusted file: only their last
+        # component, reduced to safe characters, becomes part of a dataset path
+        a, b = (_safe_component(str(summ[k])) for k in ("a", "b"))
+        folder = check_relpath(f"code/bidspack/evidence/exclude{i}_{a}_vs_{b}", what="evidence")
         for name in ("summary.json", "different.csv", "report.html"):
             f = ex.evidence.parent / name
-            if f.is_file():
-                acts.append(
-                    Action(
-                        "write",
-                        f"{folder}/{name}",
-                        content=f.read_text(encoding="utf-8"),
-                        reason=f"evidence for excluding {ex.path}",
-                    )
+            if entry_kind(f) != "file":  # absent, or a link/FIFO: never followed
+                continue
+            try:
+                content = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PlanError(f, f"cannot read hashdiff evidence ({exc})") from exc
+            acts.append(
+                Action(
+                    "write",
+                    f"{folder}/{name}",
+                    content=content,
+                    reason=f"evidence for excluding {ex.path}",
                 )
+            )
     for pipeline, has_extras in sorted(pipelines.items()):
         acts.append(
             Action(
@@ -485,6 +582,15 @@ def _metadata_actions(
                 Action("write", f"derivatives/{pipeline}/.bidsignore", content="sub-*/*/\n")
             )
     return acts
+
+
+def _safe_component(name: str) -> str:
+    """The last path component of *name* with anything but letters, digits, ``.``,
+    ``_`` and ``-`` replaced by ``_`` (never empty, never ``.`` or ``..``), at most 64
+    characters."""
+    last = PurePosixPath(name.replace("\\", "/")).name
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", last).strip(".")[:64]
+    return clean or "folder"
 
 
 def _steps(plan: Plan) -> list[tuple[str, list[Action]]]:
@@ -578,21 +684,12 @@ def apply_plan(
     """
     submission = Path(submission)
     dataset = Path(dataset)
+    check_roots(submission, dataset)
     steps = select_steps(_steps(plan), only, submission)
-    created = not dataset.exists()
-    had_state = (dataset / STATE_DIR).exists()
-    if not created:
-        if not dataset.is_dir():
-            raise OutputError(dataset, "exists and is not a folder")
-        if not _is_bidspack_dataset(dataset) and any(
-            p.name not in _HOUSEKEEPING for p in dataset.iterdir()
-        ):
-            raise OutputError(
-                dataset,
-                "exists, is not empty and is not a bidspack dataset",
-                hint="choose a new or empty output folder",
-            )
-    committed = 0
+    if dataset.exists() and not dataset.is_dir():
+        raise OutputError(dataset, "exists and is not a folder")
+    _check_output(dataset)
+    existed = dataset.exists()
     client = None
     if dask is not None and isinstance(dask.scheduler, str) and "://" in dask.scheduler:
         from bidspack.io.omezarr.runner import connect
@@ -600,40 +697,27 @@ def apply_plan(
         client = connect(dask.scheduler)  # one connection for every step of the run
         dask = Execution(workers=dask.workers, scheduler=client)
     try:
+        # The lock is taken before anything else is created, checked or cleaned: a run
+        # that does not hold it changes nothing (and removes nothing on failure).
         with dataset_lock(dataset):
-            yield from recover_records(dataset, recover_first=recover_first)
-            if datalad and not dl.is_datalad(dataset):
-                dl.create(dataset)
-                yield Record("datalad", ".", "ok", "created DataLad dataset (SHA256E)")
-            use_datalad = dl.is_datalad(dataset)
-            total = sum(1 for _, acts in steps if any(a.kind == "convert" for a in acts))
-            done = 0
-            for step, actions in steps:
-                status = "notneeded"
-                for rec in _run_step(
-                    step, actions, plan, submission, dataset, progress, (done, total), dask
-                ):
-                    status = rec.status if rec.status != "notneeded" else status
-                    yield rec
-                committed += status == "ok"
-                done += any(a.kind == "convert" for a in actions)
-                if status == "ok" and use_datalad:
-                    targets = [a.target for a in actions if a.target]
-                    dl.save(
-                        dataset,
-                        dl.run_message(
-                            f"bidspack package: {step}",
-                            f"{run_cmd or 'bidspack package'} --step {shlex.quote(step)}",
-                            dataset,
-                            targets,
-                        ),
-                    )
-    except BaseException:
-        if created and committed == 0:
-            shutil.rmtree(dataset, ignore_errors=True)
-        elif not had_state and committed == 0:
-            shutil.rmtree(dataset / STATE_DIR, ignore_errors=True)
-        raise
+            pristine = _is_pristine(dataset)
+            _check_output(dataset)
+            try:
+                yield from _apply_locked(
+                    plan,
+                    steps,
+                    submission,
+                    dataset,
+                    recover_first,
+                    datalad,
+                    run_cmd,
+                    progress,
+                    dask,
+                )
+            except BaseException:
+                if pristine and not (dataset / STATE_DIR / "steps").exists():
+                    _remove_pristine(dataset, keep_folder=existed)
+                raise
     finally:
         if client is not None:
             client.close()
@@ -641,6 +725,83 @@ def apply_plan(
         from bidspack.ops.validate import validate_dataset
 
         yield from validate_dataset(dataset)
+
+
+def _check_output(dataset: Path) -> None:
+    """The output folder must be absent, empty (but for housekeeping entries) or a
+    bidspack dataset.
+
+    Raises:
+        OutputError: it holds something else.
+    """
+    if not dataset.is_dir() or _is_bidspack_dataset(dataset):
+        return
+    if any(p.name not in _HOUSEKEEPING for p in dataset.iterdir()):
+        raise OutputError(
+            dataset,
+            "exists, is not empty and is not a bidspack dataset",
+            hint="choose a new or empty output folder",
+        )
+
+
+def _is_pristine(dataset: Path) -> bool:
+    """Nothing in *dataset* but bidspack's lock file (checked with the lock held): a run
+    that fails before its first commit may remove the folder again."""
+    entries = {p.name for p in dataset.iterdir()}
+    state = {p.name for p in (dataset / STATE_DIR).iterdir()} if STATE_DIR in entries else set()
+    return entries <= {STATE_DIR} and state <= {"lock", "txn"} and not pending(dataset)
+
+
+def _remove_pristine(dataset: Path, *, keep_folder: bool) -> None:
+    """Remove what a failed first run created: bidspack's state and, unless it existed
+    before the run, the folder if then empty (``rmdir`` never removes anything another
+    process put there)."""
+    shutil.rmtree(dataset / STATE_DIR / "txn", ignore_errors=True)
+    (dataset / STATE_DIR / "lock").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (dataset / STATE_DIR).rmdir()
+        if not keep_folder:
+            dataset.rmdir()
+
+
+def _apply_locked(
+    plan: Plan,
+    steps: list[tuple[str, list[Action]]],
+    submission: Path,
+    dataset: Path,
+    recover_first: bool,
+    datalad: bool,
+    run_cmd: str | None,
+    progress: ProgressFn | None,
+    dask: Execution | None,
+) -> Iterator[Record]:
+    """The steps of :func:`apply_plan`, with the dataset lock held."""
+    yield from recover_records(dataset, recover_first=recover_first)
+    if datalad and not dl.is_datalad(dataset):
+        dl.create(dataset)
+        yield Record("datalad", ".", "ok", "created DataLad dataset (SHA256E)")
+    use_datalad = dl.is_datalad(dataset)
+    total = sum(1 for _, acts in steps if any(a.kind == "convert" for a in acts))
+    done = 0
+    for step, actions in steps:
+        status = "notneeded"
+        for rec in _run_step(
+            step, actions, plan, submission, dataset, progress, (done, total), dask
+        ):
+            status = rec.status if rec.status != "notneeded" else status
+            yield rec
+        done += any(a.kind == "convert" for a in actions)
+        if status == "ok" and use_datalad:
+            targets = [a.target for a in actions if a.target]
+            dl.save(
+                dataset,
+                dl.run_message(
+                    f"bidspack package: {step}",
+                    f"{run_cmd or 'bidspack package'} --step {shlex.quote(step)}",
+                    dataset,
+                    targets,
+                ),
+            )
 
 
 def recover_records(dataset: Path, *, recover_first: bool = True) -> Iterator[Record]:
@@ -663,6 +824,13 @@ def recover_records(dataset: Path, *, recover_first: bool = True) -> Iterator[Re
         yield Record("recover", ".", "ok", "saved the changes of an interrupted step (DataLad)")
 
 
+def excluded_path(a: Action) -> str:
+    """Where an exclude action points: its one file, or the folder of its files."""
+    if len(a.sources) == 1:
+        return a.sources[0]
+    return str(PurePosixPath(a.sources[0]).parent)
+
+
 def _run_step(
     step: str,
     actions: list[Action],
@@ -678,13 +846,21 @@ def _run_step(
         if a.kind == "exclude":
             yield Record(
                 "exclude",
-                a.sources[0] if len(a.sources) == 1 else str(PurePosixPath(a.sources[0]).parent),
-                "notneeded",
+                excluded_path(a),
+                "excluded",
                 a.reason,
                 {"files": len(a.sources), "step": step},
             )
         elif a.kind == "skip":
             yield Record("skip", a.step, "impossible", a.reason)
+        elif a.kind == "refuse":
+            yield Record(
+                "refuse",
+                a.sources[0],
+                "impossible",
+                a.reason,
+                {"files": len(a.sources), "step": step},
+            )
     work = [a for a in actions if a.kind in ("write", "copy", "convert")]
     if step == "dataset":
         work.append(Action("write", "code/bidspack/plan.json", content=json_text(plan.to_dict())))
@@ -850,22 +1026,80 @@ def package(
     run_cmd: str | None = None,
     only: Sequence[str] | None = None,
     dask: Execution | None = None,
+    follow_symlinks: bool = False,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) apply a packaging run; see :func:`build_plan` and
-    :func:`apply_plan` (*only*: the steps to apply). A dry run yields one ``plan`` record
-    per action (of the selected steps) and writes nothing.
+    :func:`apply_plan` (*only*: the steps to apply).
+
+    A dry run writes nothing and yields one record per action of the selected steps:
+    action = the action's kind; status ``planned`` for outputs (``convert``, ``copy``,
+    ``write``), ``excluded`` for excluded inputs, ``impossible`` for skipped ones; the
+    message names the inputs (folder, file count, Z index range of slices); details are
+    the action's JSON form (``specs/plan.schema.json``) plus ``inputs`` (convert) or
+    ``files`` (exclude). In a real run, exclusions are ``excluded`` records too.
 
     Raises:
         BidspackError: see :func:`build_plan` and :func:`apply_plan`.
     """
-    plan = build_plan(submission, spec)
+    from bidspack.io.sources import slice_index
+
+    def inputs_of(srcs: Sequence[str]) -> dict[str, Any]:
+        """Where a convert action's files are: folder, count, Z range of slices."""
+        parents = {str(PurePosixPath(s).parent) for s in srcs}
+        out: dict[str, Any] = {"files": len(srcs)}
+        if len(srcs) == 1:
+            out["file"] = srcs[0]
+            return out
+        out["folder"] = parents.pop() if len(parents) == 1 else sorted(parents)
+        zs = [slice_index(PurePosixPath(s).name) for s in srcs]
+        if all(z is not None for z in zs):
+            out["z"] = [zs[0], zs[-1]]
+        return out
+
+    def describe(info: dict[str, Any]) -> str:
+        if "file" in info:
+            return f"1 file: {info['file']}"
+        folder = info["folder"]
+        where = f"{folder}/" if isinstance(folder, str) else ", ".join(f"{f}/" for f in folder)
+        z = f", Z {info['z'][0]}-{info['z'][1]}" if "z" in info else ""
+        return f"{info['files']} files in {where}{z}"
+
+    check_roots(Path(submission), Path(dataset))
+    plan = build_plan(submission, spec, follow_symlinks=follow_symlinks)
     if dry_run:
-        selected = {name for name, _ in select_steps(_steps(plan), only, Path(submission))}
-        for a in plan:
-            if a.step in selected:
-                yield Record(
-                    "plan", a.target or ",".join(a.sources[:1]), "notneeded", a.kind, a.to_dict()
-                )
+        # in the order a run applies them: step by step, exclusions first in each step
+        ordered = [
+            a
+            for _, acts in select_steps(_steps(plan), only, Path(submission))
+            for a in sorted(acts, key=lambda a: a.kind not in ("exclude", "skip"))
+        ]
+        for a in ordered:
+            details = a.to_dict()
+            if a.kind == "convert":
+                info = inputs_of(a.sources)
+                details["inputs"] = info
+                p = a.params
+                fmt = "OME-Zarr" if p.get("format") == "ome-zarr" else "OME-TIFF"
+                shape = tuple(p["shape_zyx"]) if p.get("shape_zyx") else ""
+                msg = f"{describe(info)} -> {fmt} {shape} {p.get('dtype', '')}".rstrip()
+                for lb in p.get("labels", []):
+                    label_info = describe(inputs_of(lb["sources"]))
+                    msg += f"; label {lb['name']}: {label_info}"
+                yield Record("convert", a.target or "", "planned", msg, details)
+            elif a.kind == "copy":
+                yield Record("copy", a.target or "", "planned", f"from {a.sources[0]}", details)
+            elif a.kind == "write":
+                yield Record("write", a.target or "", "planned", a.reason or "metadata", details)
+            elif a.kind == "exclude":
+                details["files"] = len(a.sources)
+                yield Record("exclude", excluded_path(a), "excluded", a.reason, details)
+            else:  # skipped or refused inputs: named, with the reason
+                where = a.target or (a.sources[0] if a.sources else a.step)
+                yield Record(a.kind, where, "impossible", a.reason, details)
+        if ordered and ordered[-1].step == "dataset":  # _run_step adds the plan itself
+            target = "code/bidspack/plan.json"
+            plan_write = {"kind": "write", "target": target, "step": "dataset"}
+            yield Record("write", target, "planned", "this plan", plan_write)
         return
     yield from apply_plan(
         plan,
