@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import jsonschema
@@ -17,7 +18,7 @@ import tifffile
 from bidspack.io.ometiff import write_ome_tiff
 from bidspack.io.sources import SliceFolder
 from bidspack.ops.duplicates import find_duplicates
-from bidspack.ops.hashdiff import hashdiff
+from bidspack.ops.hashdiff import hashdiff, percent
 from bidspack.report.hashdiff_report import write_outputs
 from bidspack.spec import load_schema
 from conftest import run_bidspack
@@ -88,7 +89,13 @@ def test_every_slice_classified(trees: tuple[Path, Path], tmp_path: Path) -> Non
             assert r.status == "different_pixels"
             assert r.is_label and r.labels_only_a == [2.0] and r.labels_only_b == []
             assert r.nonzero_lost_frac is not None and r.nonzero_lost_frac > 0.9
-            assert r.verdict.startswith(f"B lost {r.nonzero_lost_frac:.0%} of labelled pixels")
+            lost, nza = r.nonzero_lost, r.nonzero_a
+            assert lost and nza and r.nonzero_lost_frac == lost / nza
+            assert r.verdict.startswith(
+                f"B lost {lost:,} of {nza:,} labelled pixels ({percent(lost, nza)}); "
+                f"{nza - lost:,} remain labelled"
+            ), r.verdict
+            assert "100%" not in r.verdict  # some labelled pixels remain in B
             assert r.n_diff and r.frac_diff and r.max_abs_diff in (1.0, 2.0)
             assert set(r.previews) == {"a", "b", "diff"}
         else:
@@ -101,6 +108,7 @@ def test_every_slice_classified(trees: tuple[Path, Path], tmp_path: Path) -> Non
         "only_in_a": 2,
         "only_in_b": 1,
         "unreadable": 0,
+        "skipped": 0,
     }
 
 
@@ -201,7 +209,9 @@ def test_duplicates_across_names_and_formats(realdata: Path, tmp_path: Path) -> 
     ]
 
 
-def test_spec_cites_report_as_exclusion_evidence(example, tmp_path: Path) -> None:
+def test_spec_cites_report_as_exclusion_evidence(
+    example: tuple[Path, Path], tmp_path: Path
+) -> None:
     from bidspack.ops.package import package
     from bidspack.report.hashdiff_report import keep_in_dataset
     from test_package import validator_errors
@@ -237,3 +247,111 @@ def test_spec_cites_report_as_exclusion_evidence(example, tmp_path: Path) -> Non
     with pytest.raises(SpecError) as exc:
         load_spec(spec)
     assert exc.value.location == "exclude[0].evidence"
+
+
+# -- wording (issue 12): absolute counts beside percentages, no false 0% / 100% ------------
+
+
+@pytest.mark.parametrize(
+    ("n", "total", "text"),
+    [
+        (0, 8021, "0%"),
+        (8021, 8021, "100%"),
+        (1, 8021, "0.012%"),
+        (1, 10**6, "<0.01%"),
+        (8019, 8021, "99.98%"),
+        (10**6 - 1, 10**6, ">99.99%"),
+        (1, 2, "50.0%"),
+        (3580, 4136, "86.6%"),
+        (9996, 10000, "99.96%"),
+        (1, 150, "0.67%"),
+    ],
+)
+def test_percent_never_rounds_to_0_or_100(n: int, total: int, text: str) -> None:
+    assert percent(n, total) == text
+
+
+def _labels() -> np.ndarray:
+    """64 x 200 label plane with 8,021 labelled pixels (labels 1 and 2)."""
+    a = np.zeros((64, 200), np.uint8)
+    a[0:40, 0:200] = 1  # 8,000
+    a[40, 0:21] = 2  # 21
+    assert int(np.count_nonzero(a)) == 8021
+    return a
+
+
+def _pair(tmp_path: Path, a: np.ndarray, b: np.ndarray) -> Any:
+    for side, arr in (("A", a), ("B", b)):
+        (tmp_path / side).mkdir()
+        tifffile.imwrite(tmp_path / side / "Z1.tif", arr)
+    (r,) = hashdiff(tmp_path / "A", tmp_path / "B").results
+    assert r.status == "different_pixels"
+    return r
+
+
+def test_verdict_two_of_8021_remain(tmp_path: Path) -> None:
+    a = _labels()
+    b = np.zeros_like(a)
+    b[0, 0:2] = 1  # two labelled pixels remain
+    r = _pair(tmp_path, a, b)
+    assert r.verdict == (
+        "B lost 8,019 of 8,021 labelled pixels (99.98%); 2 remain labelled; labels only in A: 2"
+    )
+    assert (r.nonzero_lost, r.nonzero_a, r.n_diff, r.n_pixels) == (8019, 8021, 8019, 12800)
+
+
+def test_verdict_one_voxel_relabelled(tmp_path: Path) -> None:
+    a = _labels()
+    b = a.copy()
+    b[10, 10] = 2
+    r = _pair(tmp_path, a, b)
+    assert r.verdict == "labels changed in 1 of 12,800 pixels (<0.01%)"
+    assert r.n_diff == 1 and r.frac_diff == 1 / 12800
+
+
+def test_verdict_one_voxel_lost_and_gained(tmp_path: Path) -> None:
+    a = _labels()
+    b = a.copy()
+    b[10, 10] = 0
+    b[60, 150] = 3
+    r = _pair(tmp_path, a, b)
+    assert r.verdict == (
+        "B lost 1 of 8,021 labelled pixels (0.012%); 8,020 remain labelled; "
+        "B gained 1 labelled pixel (0.012% of A's 8,021); labels only in B: 3"
+    )
+
+
+def test_verdict_one_intensity_voxel(tmp_path: Path) -> None:
+    a = np.random.default_rng(0).integers(0, 60000, (300, 500), dtype=np.uint16)
+    b = a.copy()
+    b[123, 321] ^= 1
+    r = _pair(tmp_path, a, b)
+    assert r.verdict == "1 of 150,000 pixels differ (<0.01%; max |A-B| 1)"
+
+
+def test_diffmap_marks_one_off_grid_voxel() -> None:
+    from bidspack.io.thumbnails import MARK_COLOUR, diffmap_png, thumbnail_png
+
+    a = np.random.default_rng(1).integers(0, 1000, (1000, 1500), dtype=np.uint16)
+    b = a.copy()
+    b[502, 753] += 1  # 1500 px -> 6 x 6 blocks: (502, 753) is not on the sampling grid
+    img = np.asarray(imagecodecs.png_decode(diffmap_png(a, b, label=False)))
+    thumb = np.asarray(imagecodecs.png_decode(thumbnail_png(a, label=False)))
+    assert img.shape[:2] == thumb.shape[:2] == (167, 250)
+    cell = (502 // 6, 753 // 6)
+    assert img[cell].min() >= 64, img[cell]  # the smallest difference is still visible
+    lit = np.argwhere(img.max(axis=-1) > 0)
+    yellow = np.all(img == MARK_COLOUR, axis=-1)
+    others = lit[~yellow[lit[:, 0], lit[:, 1]]]
+    assert [tuple(x) for x in others] == [cell]  # only the changed cell, and the box
+    ys, xs = np.nonzero(yellow)
+    assert ys.min() < cell[0] < ys.max() and xs.min() < cell[1] < xs.max()
+    assert ys.max() - ys.min() < 30 and xs.max() - xs.min() < 30
+    # a tiny plane is enlarged so one changed pixel is more than one screen pixel
+    small = np.zeros((5, 5), np.uint8)
+    other = small.copy()
+    other[2, 2] = 1
+    big = np.asarray(imagecodecs.png_decode(diffmap_png(small, other, label=True)))
+    assert big.shape == (125, 125, 3)
+    assert np.all(big[50:75, 50:75] == (40, 200, 60))  # gained in B: green 25 x 25
+    assert np.all(big == MARK_COLOUR, axis=-1).any()

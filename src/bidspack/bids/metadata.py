@@ -38,14 +38,20 @@ def dataset_description(fields: Mapping[str, Any]) -> str:
 
 
 def derivative_description(
-    pipeline: str, *, name: str, generated_by: Sequence[Mapping[str, Any]] | None = None
+    pipeline: str,
+    *,
+    name: str,
+    generated_by: Sequence[Mapping[str, Any]] | None = None,
+    authors: Sequence[str] | None = None,
+    license: str | None = None,
 ) -> str:
     """dataset_description.json of ``derivatives/<pipeline>/`` (DatasetType derivative).
 
     ``GeneratedBy`` names the pipeline that made the files (the lab's, as declared in
     the spec) followed by bidspack, which packaged them; ``SourceDatasets`` points to
     the raw dataset two levels up (``DatasetLinks`` ``raw`` -> ``../../``, cited as the
-    BIDS URI ``bids:raw:``).
+    BIDS URI ``bids:raw:``). *authors* and *license* are the raw dataset's (from the
+    spec), so the derivative is citable on its own.
     """
     gen = list(generated_by or [{"Name": pipeline, "Description": "Submitted by the lab"}])
     gen.append(dict(GENERATED_BY))
@@ -57,6 +63,10 @@ def derivative_description(
         "SourceDatasets": [{"URL": "bids:raw:"}],
         "DatasetLinks": {"raw": "../../"},
     }
+    if authors:
+        out["Authors"] = list(authors)
+    if license:
+        out["License"] = license
     return json_text(out)
 
 

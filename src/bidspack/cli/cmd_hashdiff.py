@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bidspack.cli.base import json_option, map_errors
 from bidspack.errors import OutputError
+from bidspack.safety import escape
 
 
 @click.command("hashdiff")
@@ -46,16 +47,18 @@ def hashdiff_cmd(
     """Compare image folders, trees or stacks A and B by pixel hash.
 
     Slices are paired by Z index whatever the zero padding (Z0990.tif ~ Z00990.tif),
-    trees by sub-folder, stacks page by page. Writes comparison_results.csv/.parquet,
-    different.csv/.parquet, summary.json and a self-contained report.html.
-    Exit code: 0 identical, 1 different, 2 error.
+    trees by sub-folder, stacks page by page. Symbolic links, FIFOs, sockets and
+    devices inside A and B are listed as skipped, never opened. Writes
+    comparison_results.csv/.parquet, different.csv/.parquet, summary.json and a
+    self-contained report.html.
+    Exit code: 0 identical, 1 different (or incomplete: entries skipped), 2 error.
     """
-    from bidspack.ops.hashdiff import hashdiff
+    from bidspack.ops.hashdiff import hashdiff, side_name
     from bidspack.report.hashdiff_report import keep_in_dataset, summary, write_outputs
 
     if dataset is not None and out is not None:
         raise OutputError(out, "give either --out or --dataset")
-    out = out or Path(f"hashdiff_{a.name}_vs_{b.name}")
+    out = out or Path(f"hashdiff_{side_name(a)}_vs_{side_name(b)}")
     if dataset is None and out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputError(out, "exists and is not empty", hint="use --overwrite or another --out")
     show = not as_json and sys.stderr.isatty()
@@ -73,17 +76,21 @@ def hashdiff_cmd(
     if as_json:
         click.echo(json.dumps({**summ, "out": str(out)}, ensure_ascii=False))
     else:
-        console = Console()
-        table = Table(title=f"hashdiff A={a.name}  B={b.name}")
+        console = Console(highlight=False)
+        table = Table(title=f"hashdiff A={escape(diff.a_name)}  B={escape(diff.b_name)}")
         for col in ("pair", "status", "verdict"):
             table.add_column(col, overflow="fold")
-        for r in diff.different()[:50]:
-            table.add_row(r.key, r.status, r.verdict)
-        if diff.different():
+        different = diff.different()
+        for r in different[:50]:
+            table.add_row(escape(r.key), r.status, escape(r.verdict))
+        if different:
             console.print(table)
+        if len(different) > 50:
+            console.print(f"... and {len(different) - 50} more (see {escape(paths['report'])})")
         console.print(" ".join(f"{k}: {v}" for k, v in summ["counts"].items()))
         console.print(
-            f"verdict: [bold]{summ['verdict']}[/]; reports in {out} ({paths['report'].name})"
+            f"verdict: [bold]{summ['verdict']}[/]; reports in {escape(out)} "
+            f"({escape(paths['report'].name)})"
         )
     sys.exit(0 if diff.identical else 1)
 
@@ -95,7 +102,8 @@ def hashdiff_cmd(
 @map_errors(exit_code=2)
 def duplicates_cmd(root: Path, workers: int | None, as_json: bool) -> None:
     """Group pixel-identical images (TIFF, OME-TIFF, PNG) anywhere under ROOT,
-    whatever their names, formats or compression. Exit code 1 if duplicates exist."""
+    whatever their names, formats or compression. Symbolic links, FIFOs, sockets and
+    devices are listed as skipped, never opened. Exit code 1 if duplicates exist."""
     from bidspack.ops.duplicates import find_duplicates
 
     groups, hashes = find_duplicates(root, workers=workers)
@@ -115,16 +123,29 @@ def duplicates_cmd(root: Path, workers: int | None, as_json: bool) -> None:
         for f in hashes:
             if f.error:
                 click.echo(json.dumps({"path": f.path, "error": f.error}))
+            elif f.skipped:
+                click.echo(json.dumps({"path": f.path, "skipped": f.skipped}))
     else:
-        console = Console()
+        console = Console(highlight=False)
         for i, g in enumerate(groups):
             console.print(
                 f"[bold]group {i}[/] {g[0].shape} {g[0].dtype} pixel hash {g[0].pixel_hash}"
             )
             for f in g:
-                console.print(f"  {f.path}")
+                console.print(f"  {escape(f.path)}", soft_wrap=True)
         for f in hashes:
             if f.error:
-                console.print(f"[yellow]unreadable[/] {f.path}: {f.error}")
-        console.print(f"{len(hashes)} images, {len(groups)} group(s) of pixel-identical images")
+                console.print(
+                    f"[yellow]unreadable[/] {escape(f.path)}: {escape(f.error)}", soft_wrap=True
+                )
+            elif f.skipped:
+                console.print(
+                    f"[yellow]skipped[/] {escape(f.path)}: {escape(f.skipped)}", soft_wrap=True
+                )
+        n_images = sum(1 for f in hashes if not f.skipped)
+        n_skipped = len(hashes) - n_images
+        console.print(
+            f"{n_images} images, {len(groups)} group(s) of pixel-identical images"
+            + (f", {n_skipped} skipped (not regular files)" if n_skipped else "")
+        )
     sys.exit(1 if groups else 0)

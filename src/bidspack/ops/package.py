@@ -29,7 +29,7 @@ from bidspack.bids.tables import json_text, write_text
 from bidspack.errors import BidspackError, OutputError, PlanError, SpecError, UnsafeInputError
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
-from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source
+from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source, slice_index
 from bidspack.io.tree import JUNK_REASON, Scan, is_junk, refusal, scan
 from bidspack.plan import Action, Plan
 from bidspack.provenance import datalad as dl
@@ -195,25 +195,32 @@ def _check_name(submission: Path, rel: str) -> None:
         ) from exc
 
 
-def _open_image(
-    submission: Path, rel: str, tiffs: list[str], select: dict[str, Any]
+def open_planned(
+    submission: Path, reader: str, sources: Sequence[str], select: dict[str, Any]
 ) -> ImageSource:
-    """A channel's image: a slice folder, a TIFF stack, or one scene/channel/time point
-    (*select*) of a vendor file."""
-    path = submission / rel
-    if path.is_file():
-        return open_source(path, **select)
+    """The one way packaging opens an image, at planning and when applying the plan:
+
+    - ``reader = "file"``: the spec names one file (a TIFF stack, a single 2D TIFF read
+      as one plane, or a vendor file with *select*);
+    - ``reader = "folder"``: the TIFFs of a channel folder (*sources*): one file with
+      more than one plane is a stack, anything else a slice folder.
+
+    Raises:
+        PlanError: *select* given for a folder.
+        SourceError: see :func:`bidspack.io.sources.open_source` / ``open_files``.
+    """
+    files = [submission / s for s in sources]
+    if reader == "file":
+        return open_source(files[0], **select)
     if select:
-        raise PlanError(path, "a folder, but the spec's 'select' is for vendor files")
-    return open_files(path, [submission / t for t in tiffs])
+        raise PlanError(files[0].parent, "a folder, but the spec's 'select' is for vendor files")
+    return open_files(files[0].parent, files)
 
 
 def _open_action_source(submission: Path, action: Action) -> ImageSource:
-    """The image a convert action reads (see :func:`_open_image`)."""
-    files = [submission / s for s in action.sources]
-    if len(files) == 1 and not is_tiff(files[0]):
-        return open_source(files[0], **action.params.get("select", {}))
-    return open_files(files[0].parent, files)
+    """The image a convert action reads, opened as planning opened it."""
+    p = action.params
+    return open_planned(submission, p["reader"], action.sources, p.get("select", {}))
 
 
 def _voxel_size(
@@ -335,7 +342,8 @@ def build_plan(submission: Path, spec: PackagingSpec, *, follow_symlinks: bool =
             if ch.image != "none":
                 if not image_files:
                     raise PlanError(submission / rel, "no TIFF image in this channel folder")
-                src = _open_image(submission, rel, image_files, ch.select)
+                reader = "file" if (submission / rel).is_file() else "folder"
+                src = open_planned(submission, reader, image_files, ch.select)
                 voxel = _voxel_size(spec, ch, src, rel)
                 entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
                 if ch.type == "derivative" and ch.desc:
@@ -353,6 +361,7 @@ def build_plan(submission: Path, spec: PackagingSpec, *, follow_symlinks: bool =
                     "image": ch.image,
                     "name": PurePosixPath(stem).name,
                     "channel_name": ch.entities.get("stain"),
+                    "reader": reader,
                 }
                 if ch.select:
                     common["select"] = dict(ch.select)
@@ -371,10 +380,12 @@ def build_plan(submission: Path, spec: PackagingSpec, *, follow_symlinks: bool =
                         }
                     claim(target, rel)
                     if fmt == "ome-zarr":
-                        images[ch.folder] = _Image(rel, src.shape, voxel, src_rels, len(converts))
+                        images[ch.folder] = _Image(
+                            rel, src.shape, voxel, src_rels, len(converts), reader
+                        )
                     converts.append(Action("convert", target, src_rels, params, step=step))
                 if "ome-zarr" not in out["formats"]:
-                    images[ch.folder] = _Image(rel, src.shape, voxel, src_rels, None)
+                    images[ch.folder] = _Image(rel, src.shape, voxel, src_rels, None, reader)
                 claim(stem + ".json", rel)
                 sidecar = metadata.micr_sidecar(voxel, spec.raw.get("sidecar", {}), ch.sidecar)
                 converts.append(Action("write", stem + ".json", (), step=step, content=sidecar))
@@ -435,6 +446,7 @@ class _Image:
     voxel_um: tuple[float, float, float]
     sources: tuple[str, ...]
     zarr_action: int | None
+    reader: str
 
 
 def _attach_labels(
@@ -468,7 +480,12 @@ def _attach_labels(
             )
         assert image.zarr_action is not None  # the spec requires ome-zarr output
         action = converts[image.zarr_action]
-        entry = {"name": ch.label_name, "folder": label.rel, "sources": list(label.sources)}
+        entry = {
+            "name": ch.label_name,
+            "folder": label.rel,
+            "sources": list(label.sources),
+            "reader": label.reader,
+        }
         params = {**action.params, "labels": [*action.params.get("labels", []), entry]}
         converts[image.zarr_action] = replace(action, params=params)
 
@@ -574,7 +591,20 @@ def _metadata_actions(
             Action(
                 "write",
                 f"derivatives/{pipeline}/dataset_description.json",
-                content=metadata.derivative_description(pipeline, name=ds["Name"]),
+                content=metadata.derivative_description(
+                    pipeline, name=ds["Name"], authors=ds.get("Authors"), license=ds.get("License")
+                ),
+            )
+        )
+        acts.append(
+            Action(
+                "write",
+                f"derivatives/{pipeline}/README.md",
+                content=(
+                    f"# {ds['Name']} - {pipeline}\n\nImages made by the lab's '{pipeline}' "
+                    "pipeline from the raw images of this dataset (two folders up), packaged "
+                    "with bidspack. See the raw dataset's README for the study.\n"
+                ),
             )
         )
         if has_extras:
@@ -594,11 +624,13 @@ def _safe_component(name: str) -> str:
 
 
 def _steps(plan: Plan) -> list[tuple[str, list[Action]]]:
-    """Group the plan's actions by step, channel steps first and ``dataset`` last."""
+    """Group the plan's actions by step, ``dataset`` first (dataset_description.json,
+    tables and the plan itself: a run stopped later leaves a dataset that bidspack
+    recognises, and that ``validate`` describes as incomplete), then the channel steps."""
     groups: dict[str, list[Action]] = {}
     for a in plan:
         groups.setdefault(a.step, []).append(a)
-    order = [s for s in groups if s != "dataset"] + (["dataset"] if "dataset" in groups else [])
+    order = (["dataset"] if "dataset" in groups else []) + [s for s in groups if s != "dataset"]
     return [(s, groups[s]) for s in order]
 
 
@@ -960,9 +992,7 @@ def _stage(
             extra: dict[str, Any] = {}
             if p.get("format") == "ome-zarr":
                 labels = {
-                    lb["name"]: open_files(
-                        submission / lb["folder"], [submission / s for s in lb["sources"]]
-                    )
+                    lb["name"]: open_planned(submission, lb["reader"], lb["sources"], {})
                     for lb in p.get("labels", [])
                 }
                 zres = write_ome_zarr(
@@ -1013,6 +1043,77 @@ def _stage(
             )
 
 
+def _inputs_of(srcs: Sequence[str]) -> dict[str, Any]:
+    """Where a convert action's files are: folder, count, Z range of slices."""
+    parents = {str(PurePosixPath(s).parent) for s in srcs}
+    out: dict[str, Any] = {"files": len(srcs)}
+    if len(srcs) == 1:
+        out["file"] = srcs[0]
+        return out
+    out["folder"] = parents.pop() if len(parents) == 1 else sorted(parents)
+    zs = [slice_index(PurePosixPath(s).name) for s in srcs]
+    if all(z is not None for z in zs):
+        out["z"] = [zs[0], zs[-1]]
+    return out
+
+
+def _describe_inputs(info: dict[str, Any]) -> str:
+    """``24 files in sub/640_N4/, Z 0-23`` or ``1 file: sub/stack.tif``."""
+    if "file" in info:
+        return f"1 file: {info['file']}"
+    folder = info["folder"]
+    where = f"{folder}/" if isinstance(folder, str) else ", ".join(f"{f}/" for f in folder)
+    z = f", Z {info['z'][0]}-{info['z'][1]}" if "z" in info else ""
+    return f"{info['files']} files in {where}{z}"
+
+
+def _planned_record(a: Action) -> Record:
+    """The dry-run record of one action (see :func:`package`)."""
+    details = a.to_dict()
+    if a.kind == "convert":
+        info = _inputs_of(a.sources)
+        details["inputs"] = info
+        p = a.params
+        fmt = "OME-Zarr" if p.get("format") == "ome-zarr" else "OME-TIFF"
+        shape = tuple(p["shape_zyx"]) if p.get("shape_zyx") else ""
+        msg = f"{_describe_inputs(info)} -> {fmt} {shape} {p.get('dtype', '')}".rstrip()
+        for lb in p.get("labels", []):
+            msg += f"; label {lb['name']}: {_describe_inputs(_inputs_of(lb['sources']))}"
+        return Record("convert", a.target or "", "planned", msg, details)
+    if a.kind == "copy":
+        return Record("copy", a.target or "", "planned", f"from {a.sources[0]}", details)
+    if a.kind == "write":
+        return Record("write", a.target or "", "planned", a.reason or "metadata", details)
+    if a.kind == "exclude":
+        details["files"] = len(a.sources)
+        return Record("exclude", excluded_path(a), "excluded", a.reason, details)
+    # skipped or refused inputs: named, with the reason
+    where = a.target or (a.sources[0] if a.sources else a.step)
+    return Record(a.kind, where, "impossible", a.reason, details)
+
+
+def dry_run_records(steps: list[tuple[str, list[Action]]], dataset: Path) -> Iterator[Record]:
+    """The records of a dry run: every action of *steps* in the order a run applies
+    them (exclusions first in each step), and, for an existing bidspack *dataset*,
+    one ``step`` record per step saying whether it was committed already (a real run
+    re-checks it) or is still missing."""
+    existing = Path(dataset).is_dir() and _is_bidspack_dataset(Path(dataset))
+    for step, acts in steps:
+        for a in sorted(acts, key=lambda a: a.kind not in ("exclude", "skip", "refuse")):
+            yield _planned_record(a)
+        if step == "dataset":  # _run_step adds the plan itself
+            target = "code/bidspack/plan.json"
+            plan_write = {"kind": "write", "target": target, "step": "dataset"}
+            yield Record("write", target, "planned", "this plan", plan_write)
+        if existing and any(a.kind in ("write", "copy", "convert") for a in acts):
+            if load_record(Path(dataset), step) is not None:
+                yield Record(
+                    "step", step, "notneeded", "committed earlier (re-checked by a real run)"
+                )
+            else:
+                yield Record("step", step, "planned", "not committed yet: a real run does it")
+
+
 def package(
     submission: Path,
     dataset: Path,
@@ -1033,73 +1134,20 @@ def package(
 
     A dry run writes nothing and yields one record per action of the selected steps:
     action = the action's kind; status ``planned`` for outputs (``convert``, ``copy``,
-    ``write``), ``excluded`` for excluded inputs, ``impossible`` for skipped ones; the
-    message names the inputs (folder, file count, Z index range of slices); details are
-    the action's JSON form (``specs/plan.schema.json``) plus ``inputs`` (convert) or
-    ``files`` (exclude). In a real run, exclusions are ``excluded`` records too.
+    ``write``), ``excluded`` for excluded inputs, ``impossible`` for skipped and refused
+    ones; the message names the inputs (folder, file count, Z index range of slices);
+    details are the action's JSON form (``specs/plan.schema.json``) plus ``inputs``
+    (convert) or ``files`` (exclude). For an existing dataset, ``step`` records say
+    which steps are committed and which are missing (:func:`dry_run_records`). In a
+    real run, exclusions are ``excluded`` records too.
 
     Raises:
         BidspackError: see :func:`build_plan` and :func:`apply_plan`.
     """
-    from bidspack.io.sources import slice_index
-
-    def inputs_of(srcs: Sequence[str]) -> dict[str, Any]:
-        """Where a convert action's files are: folder, count, Z range of slices."""
-        parents = {str(PurePosixPath(s).parent) for s in srcs}
-        out: dict[str, Any] = {"files": len(srcs)}
-        if len(srcs) == 1:
-            out["file"] = srcs[0]
-            return out
-        out["folder"] = parents.pop() if len(parents) == 1 else sorted(parents)
-        zs = [slice_index(PurePosixPath(s).name) for s in srcs]
-        if all(z is not None for z in zs):
-            out["z"] = [zs[0], zs[-1]]
-        return out
-
-    def describe(info: dict[str, Any]) -> str:
-        if "file" in info:
-            return f"1 file: {info['file']}"
-        folder = info["folder"]
-        where = f"{folder}/" if isinstance(folder, str) else ", ".join(f"{f}/" for f in folder)
-        z = f", Z {info['z'][0]}-{info['z'][1]}" if "z" in info else ""
-        return f"{info['files']} files in {where}{z}"
-
     check_roots(Path(submission), Path(dataset))
     plan = build_plan(submission, spec, follow_symlinks=follow_symlinks)
     if dry_run:
-        # in the order a run applies them: step by step, exclusions first in each step
-        ordered = [
-            a
-            for _, acts in select_steps(_steps(plan), only, Path(submission))
-            for a in sorted(acts, key=lambda a: a.kind not in ("exclude", "skip"))
-        ]
-        for a in ordered:
-            details = a.to_dict()
-            if a.kind == "convert":
-                info = inputs_of(a.sources)
-                details["inputs"] = info
-                p = a.params
-                fmt = "OME-Zarr" if p.get("format") == "ome-zarr" else "OME-TIFF"
-                shape = tuple(p["shape_zyx"]) if p.get("shape_zyx") else ""
-                msg = f"{describe(info)} -> {fmt} {shape} {p.get('dtype', '')}".rstrip()
-                for lb in p.get("labels", []):
-                    label_info = describe(inputs_of(lb["sources"]))
-                    msg += f"; label {lb['name']}: {label_info}"
-                yield Record("convert", a.target or "", "planned", msg, details)
-            elif a.kind == "copy":
-                yield Record("copy", a.target or "", "planned", f"from {a.sources[0]}", details)
-            elif a.kind == "write":
-                yield Record("write", a.target or "", "planned", a.reason or "metadata", details)
-            elif a.kind == "exclude":
-                details["files"] = len(a.sources)
-                yield Record("exclude", excluded_path(a), "excluded", a.reason, details)
-            else:  # skipped or refused inputs: named, with the reason
-                where = a.target or (a.sources[0] if a.sources else a.step)
-                yield Record(a.kind, where, "impossible", a.reason, details)
-        if ordered and ordered[-1].step == "dataset":  # _run_step adds the plan itself
-            target = "code/bidspack/plan.json"
-            plan_write = {"kind": "write", "target": target, "step": "dataset"}
-            yield Record("write", target, "planned", "this plan", plan_write)
+        yield from dry_run_records(select_steps(_steps(plan), only, Path(submission)), dataset)
         return
     yield from apply_plan(
         plan,

@@ -10,7 +10,10 @@
    - the sidecar ``PixelSize`` equals the OME-XML physical sizes of every
      ``.ome.tif``/``.ome.btf``, wherever the OME-XML lies and in BigTIFF too (the
      validator only looks at the first 4 KiB of classic TIFFs);
-   - ``.ome.zarr`` folders are Zarr groups (their content is opaque to the validator).
+   - ``.ome.zarr`` folders are Zarr groups (their content is opaque to the validator);
+   - a packaged dataset is complete: every output of its plan (``code/bidspack/plan.json``)
+     is present, else one ``INCOMPLETE_PACKAGING`` error per missing step (a run
+     stopped part-way; re-running ``bidspack package`` finishes it).
 """
 
 from __future__ import annotations
@@ -247,16 +250,56 @@ def check_ome_zarr(dataset: Path) -> Iterator[Record]:
         yield _compare_pixel_size(rel, sidecar, ome_zarr_scale_um(path), "OME-Zarr scale")
 
 
+def check_complete(dataset: Path) -> Iterator[Record]:
+    """One ``INCOMPLETE_PACKAGING`` error per step of the dataset's packaging plan
+    (``code/bidspack/plan.json``) whose outputs are not all present (a run stopped by an
+    error or a kill part-way; finished by re-running ``bidspack package``)."""
+    plan_file = dataset / "code" / "bidspack" / "plan.json"
+    if not plan_file.is_file():
+        return
+    try:
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        actions = list(plan["actions"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        yield Record("validate", "code/bidspack/plan.json", "error", f"unreadable plan ({exc})")
+        return
+    missing: dict[str, list[str]] = defaultdict(list)
+    for a in actions:
+        target = a.get("target") if isinstance(a, dict) else None
+        if isinstance(target, str) and not os.path.lexists(dataset / target):
+            missing[str(a.get("step"))].append(target)
+    for step, targets in sorted(missing.items()):
+        yield Record(
+            "validate",
+            step,
+            "error",
+            f"INCOMPLETE_PACKAGING: step {step} is not committed ({len(targets)} output(s) "
+            f"missing, e.g. {targets[0]}); re-run 'bidspack package' with the same spec "
+            "to finish it",
+            {"code": "INCOMPLETE_PACKAGING", "severity": "error", "missing": targets[:20]},
+        )
+
+
 def validate_dataset(dataset: Path, *, recursive: bool = True) -> Iterator[Record]:
     """Run every validation of *dataset*, yielding records (errors have status ``error``).
 
     Raises:
         ToolError: the official validator cannot be run.
-        ValidationFailed: *dataset* is not a folder with a dataset_description.json.
+        ValidationFailed: *dataset* is not a folder with a dataset_description.json
+            (for a bidspack dataset whose first step never committed, the message
+            says so and how to finish it).
     """
     dataset = Path(dataset)
     if not (dataset / "dataset_description.json").is_file():
+        if (dataset / ".bidspack" / "steps").is_dir():
+            raise ValidationFailed(
+                dataset,
+                "an incomplete bidspack dataset: its 'dataset' step (dataset_description.json"
+                ", tables, plan) is not committed",
+                hint="re-run 'bidspack package' with the same spec to finish it",
+            )
         raise ValidationFailed(dataset, "not a BIDS dataset (no dataset_description.json)")
+    yield from check_complete(dataset)
     yield from _validator_records(run_bids_validator(dataset, recursive=recursive))
     yield from check_samples(dataset)
     yield from check_pixel_sizes(dataset)

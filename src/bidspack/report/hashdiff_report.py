@@ -8,22 +8,34 @@ Files (in the output folder):
 - ``summary.json``: counts and the differing pairs, valid against
   ``specs/hashdiff.schema.json``;
 - ``report.html``: summary, the table of differing pairs with thumbnails of A and B
-  and a difference map each, and the full pair table.
+  and a difference map each (a yellow box around each changed region, so one changed
+  voxel is visible), and the full pair table.
+
+Output file names are fixed (above); pair names and paths from the compared folders
+appear only inside the files (CSV cells, JSON strings, HTML-escaped text), and the
+difference maps are embedded in the HTML, never written as files of their own. Each
+file is written beside its final name and renamed into place (a symbolic link planted
+at an output name is replaced, not followed). The folder kept in a dataset
+(:func:`keep_in_dataset`) is checked to stay inside the dataset.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bidspack.bids.tables import json_text
+from bidspack.errors import UnsafeInputError
 from bidspack.ops.hashdiff import HashDiff, PairResult
+from bidspack.safety import check_relpath, inside
 
 COLUMNS = list(PairResult("", "unreadable", None, None).row())
 OUTPUT_FILES = {
@@ -39,12 +51,18 @@ SUMMARY_PAIR_KEYS = (
     "status",
     "a_path",
     "b_path",
+    "a_kind",
+    "b_kind",
     "verdict",
     "n_diff",
+    "n_pixels",
     "frac_diff",
     "max_abs_diff",
     "labels_only_a",
     "labels_only_b",
+    "nonzero_a",
+    "nonzero_lost",
+    "nonzero_gained",
     "nonzero_lost_frac",
     "nonzero_gained_frac",
 )
@@ -54,10 +72,10 @@ def summary(diff: HashDiff) -> dict[str, Any]:
     """The JSON summary (``specs/hashdiff.schema.json``)."""
     return {
         "hashdiff_version": 1,
-        "a": diff.a.name,
-        "b": diff.b.name,
+        "a": diff.a_name,
+        "b": diff.b_name,
         "pixel_hash": "bidspack-pixelhash/1 xxh3-128",
-        "verdict": "identical" if diff.identical else "different",
+        "verdict": diff.verdict,
         "counts": diff.counts(),
         "pairs": len(diff.results),
         "different": [{k: getattr(r, k) for k in SUMMARY_PAIR_KEYS} for r in diff.different()],
@@ -67,7 +85,7 @@ def summary(diff: HashDiff) -> dict[str, Any]:
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("n_diff", "nonzero_a", "nonzero_b"):
+    for col in ("n_diff", "n_pixels", "nonzero_a", "nonzero_b", "nonzero_lost", "nonzero_gained"):
         df[col] = df[col].astype("Int64")
     df["is_label"] = df["is_label"].astype("boolean")
     return df
@@ -79,12 +97,19 @@ def write_outputs(diff: HashDiff, out: Path) -> dict[str, Path]:
     rows = [r.row() for r in diff.results]
     diff_rows = [r.row() for r in diff.different()]
     paths = {k: out / v for k, v in OUTPUT_FILES.items()}
+
+    def put(key: str, write: Callable[[Path], object]) -> None:
+        tmp = out / f".{paths[key].name}.part"
+        tmp.unlink(missing_ok=True)
+        write(tmp)
+        os.replace(tmp, paths[key])
+
     for name, data in (("comparison_results", rows), ("different", diff_rows)):
         df = _frame(data)
-        df.to_csv(paths[f"{name}_csv"], index=False, lineterminator="\n")
-        df.to_parquet(paths[f"{name}_parquet"], index=False)
-    paths["summary"].write_text(json_text(summary(diff)), encoding="utf-8")
-    paths["report"].write_text(render_html(diff), encoding="utf-8")
+        put(f"{name}_csv", functools.partial(df.to_csv, index=False, lineterminator="\n"))
+        put(f"{name}_parquet", functools.partial(df.to_parquet, index=False))
+    put("summary", lambda p: p.write_text(json_text(summary(diff)), encoding="utf-8"))
+    put("report", lambda p: p.write_text(render_html(diff), encoding="utf-8"))
     return paths
 
 
@@ -100,6 +125,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em} table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:3px 6px;font-size:.85em;vertical-align:top}
 th{background:#eee} .s-different_pixels,.s-unreadable{background:#fdd}
+.s-skipped{background:#eee}
 .s-only_in_a,.s-only_in_b{background:#ffd} .s-identical_pixels{background:#eef}
 img{image-rendering:pixelated;max-width:256px;border:1px solid #999}
 .verdict{font-weight:600} .none{color:#999}
@@ -121,12 +147,12 @@ def render_html(diff: HashDiff) -> str:
     """The self-contained HTML report (no external resources)."""
     e = html.escape
     counts = diff.counts()
-    verdict = "identical" if diff.identical else "different"
+    verdict = diff.verdict
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>hashdiff {e(diff.a.name)} vs {e(diff.b.name)}</title>",
+        f"<title>hashdiff {e(diff.a_name)} vs {e(diff.b_name)}</title>",
         f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>",
-        f"<h1>Pixel-hash comparison: A = {e(diff.a.name)}, B = {e(diff.b.name)}</h1>",
+        f"<h1>Pixel-hash comparison: A = {e(diff.a_name)}, B = {e(diff.b_name)}</h1>",
         f"<p class='verdict' id='verdict'>Verdict: {verdict} ({len(diff.results)} pairs)</p>",
         "<table id='counts'><tr>"
         + "".join(f"<th>{e(k)}</th>" for k in counts)
@@ -153,7 +179,10 @@ def render_html(diff: HashDiff) -> str:
         parts.append(
             "</tbody></table><p><small>Difference maps: red = labelled in A, "
             "lost or changed in B; green = gained in B; grey = unchanged labels. "
-            "Intensity images: |A-B| scaled to its maximum.</small></p>"
+            "Intensity images: |A-B| scaled to its maximum (any difference at least "
+            "dark grey). A yellow box surrounds each changed region, however small. "
+            "Skipped: symbolic links, FIFOs, sockets and devices, never opened."
+            "</small></p>"
         )
     parts.append(
         "<h2>All pairs</h2><table id='pairs'><thead><tr><th>pair</th><th>status</th>"
@@ -177,6 +206,8 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
 
     Raises:
         OutputError: *dataset* is not a BIDS dataset, or is locked by another process.
+        UnsafeInputError: the folder name (from A's and B's names) has a control
+            character or would not stay inside *dataset*.
     """
     from bidspack.errors import OutputError
     from bidspack.ops.package import recover_records
@@ -187,7 +218,13 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
     dataset = Path(dataset)
     if not (dataset / "dataset_description.json").is_file():
         raise OutputError(dataset, "not a BIDS dataset (no dataset_description.json)")
-    rel = f"code/bidspack/hashdiff/{diff.a.name}_vs_{diff.b.name}"
+    pair = f"{diff.a_name}_vs_{diff.b_name}"
+    rel = check_relpath(
+        f"code/bidspack/hashdiff/{pair}", what="hashdiff report folder", origin=dataset
+    )
+    if "/" in pair or rel != f"code/bidspack/hashdiff/{pair}":
+        raise UnsafeInputError(dataset, f"hashdiff report folder name {pair!r} is not one name")
+    inside(dataset, rel, what="hashdiff report folder", origin=dataset)
     with dataset_lock(dataset):
         list(recover_records(dataset))
         txn = Transaction(dataset)
@@ -199,8 +236,8 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
                 txn,
                 StepProvenance(
                     "hashdiff",
-                    f"{diff.a.name}_vs_{diff.b.name}",
-                    parameters={"a": diff.a.name, "b": diff.b.name, "counts": diff.counts()},
+                    pair,
+                    parameters={"a": diff.a_name, "b": diff.b_name, "counts": diff.counts()},
                 ),
             )
             txn.commit()
@@ -210,10 +247,30 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
         from bidspack.provenance import datalad as dl
 
         if dl.is_datalad(dataset):
-            dl.save(dataset, f"bidspack hashdiff: {diff.a.name} vs {diff.b.name}")
+            dl.save(dataset, f"bidspack hashdiff: {diff.a_name} vs {diff.b_name}")
     return dataset / rel
 
 
 def load_summary(path: Path) -> dict[str, Any]:
-    """Read a summary.json (e.g. cited by a packaging spec)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a summary.json (e.g. cited by a packaging spec), validated against
+    ``specs/hashdiff.schema.json`` (untrusted input: names of A and B are single path
+    components, output file names plain names).
+
+    Raises:
+        UnsafeInputError: unreadable JSON or not a valid hashdiff summary.
+    """
+    import jsonschema
+
+    from bidspack.spec import load_schema
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UnsafeInputError(path, f"cannot read hashdiff summary ({exc})") from exc
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(load_schema("hashdiff")).iter_errors(data)
+    )
+    if error is not None:
+        where = "/".join(map(str, error.absolute_path)) or "(top level)"
+        raise UnsafeInputError(path, f"not a valid hashdiff summary: {where}: {error.message}")
+    return data
