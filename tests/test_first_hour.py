@@ -122,3 +122,28 @@ def test_derivative_datasets_have_readme_and_authors(packaged_run) -> None:  # t
         assert (desc.parent / "README.md").is_file()
     codes = {r.details.get("code") for r in records if r.action == "validate"}
     assert not codes & {"README_FILE_MISSING", "TOO_FEW_AUTHORS"}, codes
+
+
+def test_rename_then_repackage_keeps_the_new_label(
+    example_source: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """After `rename-subject 45670ko 45670KO`, packaging the same submission again maps
+    its folder to 45670KO (the dataset remembers the rename): no sub-45670ko beside it,
+    a valid dataset, and the plan records the mapping."""
+    sub, spec = example_source
+    ds = tmp_path / "ds"
+    assert run_bidspack("package", str(sub), str(ds), "--spec", str(spec)).returncode == 0
+    renamed = run_bidspack("rename-subject", str(ds), "45670ko", "45670KO")
+    assert renamed.returncode == 0, renamed.stderr
+    dry = run_bidspack("package", str(sub), str(ds), "--spec", str(spec), "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert "sub-45670ko/" not in dry.stdout and "sub-45670KO/" in dry.stdout
+    again = run_bidspack("package", str(sub), str(ds), "--spec", str(spec), "--json")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr
+    assert not (ds / "sub-45670ko").exists() and (ds / "sub-45670KO").is_dir()
+    recs = [json.loads(x) for x in again.stdout.splitlines()]
+    assert not [r for r in recs if r["status"] == "error"]
+    plan = json.loads((ds / "code/bidspack/plan.json").read_text())
+    assert plan["parameters"]["renamed_subjects"] == {"45670ko": "45670KO"}
+    log = run_bidspack("log", str(ds)).stdout
+    assert "sub-45670ko -> sub-45670KO" in log

@@ -58,12 +58,19 @@ def test_rename_example_everywhere(dataset: Path) -> None:
     proc = cli("rename-subject", str(dataset), "45670ko", "m45670")
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert mentions(dataset, "45670ko") == []
-    prov = [
-        p
-        for p in (dataset / "code/bidspack/provenance").iterdir()
-        if "sub-45670ko" in p.read_text()
-    ]
-    assert len(prov) == 1 and '"Label": "rename-subject"' in prov[0].read_text()
+    # history stays true: the records of the steps that ran with the old label keep it,
+    # the rename's own record says old -> new, and the dataset remembers the rename
+    records = [json.loads(p.read_text()) for p in (dataset / "code/bidspack/provenance").iterdir()]
+    acts = [r["Records"]["Activities"][0] for r in records]
+    rename_acts = [a for a in acts if a["Label"] == "rename-subject"]
+    assert len(rename_acts) == 1
+    assert rename_acts[0]["Parameters"]["mapping"] == {"sub-45670ko": "sub-m45670"}
+    old_steps = sorted(a["Step"] for a in acts if a["Step"].startswith("sub-45670ko/"))
+    assert len(old_steps) == 5 and not [a for a in acts if "m45670" in str(a.get("Step"))]
+    renames = json.loads((dataset / "code/bidspack/renames.json").read_text())["renames"]
+    assert [(r["from"], r["to"]) for r in renames] == [("45670ko", "m45670")]
+    log = cli("log", str(dataset)).stdout
+    assert "sub-45670ko -> sub-m45670" in log and "sub-45670ko/640_N4" in log
     new_img = dataset / "sub-m45670/micr/sub-m45670_sample-brainLH_stain-N4_SPIM.ome.tif"
     assert pixel_hash_of_file(new_img) == pixel_hash
     assert 'Name="sub-m45670_sample-brainLH_stain-N4_SPIM"' in str(tifffile.tiffcomment(new_img))

@@ -314,3 +314,75 @@ def test_engine_rollback_and_idempotent_roll_forward(tmp_path: Path) -> None:
     assert recover(ds) == [(txn.id, "rolled forward")]
     assert (ds / "newdir/x/y.txt").read_text() == "y\n" and (ds / "newdir/z.txt").exists()
     assert not (ds / "olddir").exists() and recover(ds) == []
+
+
+# -- tampered transaction folders (issue 11): recover refuses, nothing is touched -------
+
+
+def _tamper_outside_path(ds: Path, root: Path, outside: Path) -> str:
+    (root / "journal.json").write_text(
+        json.dumps({"version": 1, "ops": [{"op": "delete", "path": "../outside/file"}]})
+    )
+    return "'..' component"
+
+
+def _tamper_unknown_op(ds: Path, root: Path, outside: Path) -> str:
+    (root / "journal.json").write_text(
+        json.dumps({"version": 1, "ops": [{"op": "truncate", "path": "participants.tsv"}]})
+    )
+    return "ops[0].op"
+
+
+def _tamper_journal_symlink(ds: Path, root: Path, outside: Path) -> str:
+    evil = outside / "journal.json"
+    evil.write_text(json.dumps({"version": 1, "ops": [{"op": "delete", "path": "old.txt"}]}))
+    (root / "journal.json").unlink()
+    (root / "journal.json").symlink_to(evil)
+    return "symbolic link"
+
+
+def _tamper_tree_symlink(ds: Path, root: Path, outside: Path) -> str:
+    (root / "journal.json").write_text(
+        json.dumps({"version": 1, "ops": [{"op": "put", "path": "loot.txt"}]})
+    )
+    (root / "tree" / "loot.txt").symlink_to(outside / "file")
+    return "symbolic link"
+
+
+TAMPERED = {
+    "outside-path": _tamper_outside_path,
+    "unknown-op": _tamper_unknown_op,
+    "journal-symlink": _tamper_journal_symlink,
+    "tree-symlink-outside": _tamper_tree_symlink,
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_tampered_journal(case: str, tmp_path: Path) -> None:
+    """A committed transaction left by a crash (``committed:kill``) whose folder was
+    then changed: ``recover`` refuses it with a clean error naming the file, the
+    sentinel outside is unchanged, the dataset is unchanged and the transaction stays
+    pending (nothing applied, nothing deleted)."""
+    ds = tmp_path / "ds"
+    make_dataset(ds)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "file").write_text("sentinel\n")
+    sentinel = snapshot(outside)
+    killed = TxnMixed().run(ds, "committed:kill")
+    assert killed.returncode == -9
+    (txn_id,) = pending(ds)
+    needle = TAMPERED[case](ds, ds / ".bidspack" / "txn" / txn_id, outside)
+
+    def unlocked() -> dict[str, str]:  # the lock file holds the last holder's pid
+        return {k: v for k, v in snapshot(ds).items() if k != ".bidspack/lock"}
+
+    before = unlocked()
+    proc = cli("recover", str(ds))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    err = proc.stderr.replace("\n", "")
+    assert err.startswith("Error:") and needle in err and f".bidspack/txn/{txn_id}/" in err
+    assert snapshot(outside) == sentinel | (
+        {"journal.json": snapshot(outside)["journal.json"]} if case == "journal-symlink" else {}
+    )
+    assert unlocked() == before and pending(ds) == [txn_id]

@@ -18,7 +18,7 @@ from bidspack.records import Record
 def recover_cmd(dataset: Path, as_json: bool) -> None:
     """Roll back interrupted steps that had not reached their commit point and roll
     forward those that had; report what was done. Safe to run at any time."""
-    from bidspack.ops.package import recover_records
+    from bidspack.ops.session import recover_records
     from bidspack.txn import dataset_lock
 
     if not dataset.is_dir():

@@ -39,6 +39,13 @@ def log_cmd(dataset: Path, as_json: bool) -> None:
     for rec in read_records(dataset):
         act = rec["Records"]["Activities"][0]
         outputs = [e for e in rec["Records"]["Entities"] if e.get("GeneratedBy") == act["Id"]]
+        # records are history: a step shows the labels it ran with; a rename, old -> new
+        mapping = (act.get("Parameters") or {}).get("mapping") or {}
+        what = (
+            ", ".join(f"{old} -> {new}" for old, new in mapping.items())
+            if act["Label"] == "rename-subject" and mapping
+            else str(act.get("Step", ""))
+        )
         if as_json:
             click.echo(
                 json.dumps(
@@ -49,6 +56,7 @@ def log_cmd(dataset: Path, as_json: bool) -> None:
                         "started": act["StartedAtTime"],
                         "ended": act["EndedAtTime"],
                         "outputs": len(outputs),
+                        **({"renamed": mapping} if act["Label"] == "rename-subject" else {}),
                     }
                 )
             )
@@ -57,6 +65,6 @@ def log_cmd(dataset: Path, as_json: bool) -> None:
                 Text.assemble(
                     f"{act['EndedAtTime']}  ",
                     (str(act["Label"]), "bold"),
-                    f" {act.get('Step', '')}  {len(outputs)} output(s)  {act['Id']}",
+                    f" {what}  {len(outputs)} output(s)  {act['Id']}",
                 )
             )

@@ -7,6 +7,7 @@ import click
 from bidspack import __version__
 from bidspack.cli.cmd_aggregate import aggregate_cmd
 from bidspack.cli.cmd_demo import demo_cmd
+from bidspack.cli.cmd_derive import derive_cmd
 from bidspack.cli.cmd_draft_spec import draft_spec_cmd
 from bidspack.cli.cmd_export import export_cmd
 from bidspack.cli.cmd_hashdiff import duplicates_cmd, hashdiff_cmd
@@ -34,6 +35,7 @@ WORKFLOW_ORDER = (
     "release",
     "export",
     "aggregate",
+    "derive",
 )
 
 #: One-line descriptions for verbs whose module sets no ``short_help`` (click would
@@ -90,6 +92,7 @@ cli.add_command(init_cmd)
 cli.add_command(release_cmd)
 cli.add_command(export_cmd)
 cli.add_command(aggregate_cmd)
+cli.add_command(derive_cmd)
 for _name, _text in SHORT_HELP.items():
     if _name in cli.commands and not cli.commands[_name].short_help:
         cli.commands[_name].short_help = _text

@@ -209,7 +209,9 @@ def _tiff_header(path: Path) -> tuple[tuple[int, ...], str, np.dtype, int]:
     """
     from bidspack.safety import entry_kind
 
-    kind = entry_kind(path)
+    # a link is followed here (packaging decides earlier which links may be read, and
+    # annexed files are links), but its target must be a regular file: never a FIFO
+    kind = entry_kind(Path(os.path.realpath(path)))
     if kind != "file":
         raise SourceError(path, f"not a regular file ({kind}); not read")
     try:

@@ -9,7 +9,6 @@ OME-TIFF layout of :mod:`bidspack.io.ometiff`.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import math
@@ -31,11 +30,16 @@ from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
 from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source, slice_index
 from bidspack.io.tree import JUNK_REASON, Scan, is_junk, refusal, scan
+from bidspack.ops.session import (
+    check_output,
+    is_bidspack_dataset,
+    locked_output,
+)
 from bidspack.plan import Action, Plan
 from bidspack.provenance import datalad as dl
-from bidspack.provenance.manifest import MANIFEST_TSV
 from bidspack.provenance.record import StepProvenance
 from bidspack.provenance.record import stage as stage_provenance
+from bidspack.provenance.renames import current_labels
 from bidspack.records import Record
 from bidspack.safety import (
     MAX_LABEL_LENGTH,
@@ -46,9 +50,8 @@ from bidspack.safety import (
 )
 from bidspack.safety import render_template as _render
 from bidspack.spec import Channel, PackagingSpec
-from bidspack.txn import Transaction, dataset_lock, recover
+from bidspack.txn import Transaction
 from bidspack.txn.steps import fingerprint, hash_inputs, load_record, record_path, text_xxh3
-from bidspack.txn.transaction import STATE_DIR, pending
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -105,9 +108,11 @@ def _subjects(
     spec: PackagingSpec,
     excluded: Callable[[str], str | None],
     follow_symlinks: bool,
+    renames: dict[str, str],
 ) -> tuple[list[SubjectFolder], list[Action]]:
     """Match top-level folders against the subject pattern; return subjects and the
-    exclude (and refuse) actions for excluded (and unreadable) top-level entries."""
+    exclude (and refuse) actions for excluded (and unreadable) top-level entries.
+    *renames* maps labels the dataset renamed to their current labels."""
     subjects: list[SubjectFolder] = []
     actions: list[Action] = []
     unmatched: list[str] = []
@@ -148,11 +153,15 @@ def _subjects(
                     f"{what} {value!r} is not a valid BIDS label (letters and digits only)",
                     hint="set subjects.sanitize = true or change subjects.label",
                 )
+        fresh, label = label, renames.get(label, label)
         if label in by_label:
+            via = f" ({fresh!r} was renamed to {label!r} in this dataset)" if fresh != label else ""
             raise PlanError(
                 submission,
                 f"subject folders {by_label[label]} and {name} both map to participant label "
-                f"{label!r}",
+                f"{label!r}{via}",
+                hint="change subjects.label in the spec, or rename the subject in the "
+                "dataset (bidspack rename-subject) so that every folder has its own label",
             )
         if label.casefold() in by_folded:
             first, first_label = by_folded[label.casefold()]
@@ -248,12 +257,20 @@ def _voxel_size(
     return given
 
 
-def build_plan(submission: Path, spec: PackagingSpec, *, follow_symlinks: bool = False) -> Plan:
+def build_plan(
+    submission: Path,
+    spec: PackagingSpec,
+    *,
+    follow_symlinks: bool = False,
+    renames: dict[str, str] | None = None,
+) -> Plan:
     """Scan *submission* (read-only) and plan every output of the dataset.
 
     Symbolic links, FIFOs, sockets and devices are never read: each becomes a
     ``refuse`` action with the reason. With *follow_symlinks*, links that resolve to a
     file or folder inside the submission are followed (listed in the plan parameters).
+    *renames* (old participant label -> current label, from the dataset's
+    :mod:`bidspack.provenance.renames`) maps folders to the labels the dataset uses now.
 
     Raises:
         PlanError: unmatched or colliding subject folders, unaccounted files,
@@ -285,7 +302,7 @@ def build_plan(submission: Path, spec: PackagingSpec, *, follow_symlinks: bool =
             return JUNK_REASON
         return None
 
-    subjects, actions = _subjects(submission, spec, excluded, follow_symlinks)
+    subjects, actions = _subjects(submission, spec, excluded, follow_symlinks, renames or {})
     followed: list[list[str]] = []
     out = spec.output
     converts: list[Action] = []
@@ -430,6 +447,9 @@ def build_plan(submission: Path, spec: PackagingSpec, *, follow_symlinks: bool =
             )
     writes = _metadata_actions(spec, subjects, pipelines)
     plan_params: dict[str, Any] = {"spec": spec.source.name, "output": dict(out)}
+    renamed = {k: v for k, v in (renames or {}).items() if v in {s.label for s in subjects}}
+    if renamed:
+        plan_params["renamed_subjects"] = renamed
     if follow_symlinks:
         plan_params["follow_symlinks"] = True
         plan_params["followed_symlinks"] = followed
@@ -662,15 +682,6 @@ def select_steps(
     ]
 
 
-#: Entries of an output folder that do not make it "not empty" (state, version control).
-_HOUSEKEEPING = {STATE_DIR, ".git", ".datalad", ".gitattributes", ".gitignore"}
-
-
-def _is_bidspack_dataset(dataset: Path) -> bool:
-    """A dataset bidspack made: step records, or a manifest (e.g. in a DataLad clone)."""
-    return (dataset / STATE_DIR / "steps").is_dir() or (dataset / MANIFEST_TSV).is_file()
-
-
 def apply_plan(
     plan: Plan,
     submission: Path,
@@ -718,10 +729,7 @@ def apply_plan(
     dataset = Path(dataset)
     check_roots(submission, dataset)
     steps = select_steps(_steps(plan), only, submission)
-    if dataset.exists() and not dataset.is_dir():
-        raise OutputError(dataset, "exists and is not a folder")
-    _check_output(dataset)
-    existed = dataset.exists()
+    check_output(dataset)
     client = None
     if dask is not None and isinstance(dask.scheduler, str) and "://" in dask.scheduler:
         from bidspack.io.omezarr.runner import connect
@@ -729,27 +737,17 @@ def apply_plan(
         client = connect(dask.scheduler)  # one connection for every step of the run
         dask = Execution(workers=dask.workers, scheduler=client)
     try:
-        # The lock is taken before anything else is created, checked or cleaned: a run
-        # that does not hold it changes nothing (and removes nothing on failure).
-        with dataset_lock(dataset):
-            pristine = _is_pristine(dataset)
-            _check_output(dataset)
-            try:
-                yield from _apply_locked(
-                    plan,
-                    steps,
-                    submission,
-                    dataset,
-                    recover_first,
-                    datalad,
-                    run_cmd,
-                    progress,
-                    dask,
-                )
-            except BaseException:
-                if pristine and not (dataset / STATE_DIR / "steps").exists():
-                    _remove_pristine(dataset, keep_folder=existed)
-                raise
+        # the lock is taken before anything else is created, checked or cleaned: a run
+        # that does not hold it changes nothing (and removes nothing on failure)
+        with locked_output(dataset, recover_first=recover_first) as session:
+            yield from session.recovered
+            session.keep = False  # a failure before the first image step leaves nothing
+            for rec in _apply_locked(
+                plan, steps, submission, dataset, datalad, run_cmd, progress, dask
+            ):
+                if rec.action == "step" and rec.status == "ok" and rec.path != "dataset":
+                    session.keep = True
+                yield rec
     finally:
         if client is not None:
             client.close()
@@ -759,56 +757,17 @@ def apply_plan(
         yield from validate_dataset(dataset)
 
 
-def _check_output(dataset: Path) -> None:
-    """The output folder must be absent, empty (but for housekeeping entries) or a
-    bidspack dataset.
-
-    Raises:
-        OutputError: it holds something else.
-    """
-    if not dataset.is_dir() or _is_bidspack_dataset(dataset):
-        return
-    if any(p.name not in _HOUSEKEEPING for p in dataset.iterdir()):
-        raise OutputError(
-            dataset,
-            "exists, is not empty and is not a bidspack dataset",
-            hint="choose a new or empty output folder",
-        )
-
-
-def _is_pristine(dataset: Path) -> bool:
-    """Nothing in *dataset* but bidspack's lock file (checked with the lock held): a run
-    that fails before its first commit may remove the folder again."""
-    entries = {p.name for p in dataset.iterdir()}
-    state = {p.name for p in (dataset / STATE_DIR).iterdir()} if STATE_DIR in entries else set()
-    return entries <= {STATE_DIR} and state <= {"lock", "txn"} and not pending(dataset)
-
-
-def _remove_pristine(dataset: Path, *, keep_folder: bool) -> None:
-    """Remove what a failed first run created: bidspack's state and, unless it existed
-    before the run, the folder if then empty (``rmdir`` never removes anything another
-    process put there)."""
-    shutil.rmtree(dataset / STATE_DIR / "txn", ignore_errors=True)
-    (dataset / STATE_DIR / "lock").unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        (dataset / STATE_DIR).rmdir()
-        if not keep_folder:
-            dataset.rmdir()
-
-
 def _apply_locked(
     plan: Plan,
     steps: list[tuple[str, list[Action]]],
     submission: Path,
     dataset: Path,
-    recover_first: bool,
     datalad: bool,
     run_cmd: str | None,
     progress: ProgressFn | None,
     dask: Execution | None,
 ) -> Iterator[Record]:
     """The steps of :func:`apply_plan`, with the dataset lock held."""
-    yield from recover_records(dataset, recover_first=recover_first)
     if datalad and not dl.is_datalad(dataset):
         dl.create(dataset)
         yield Record("datalad", ".", "ok", "created DataLad dataset (SHA256E)")
@@ -834,26 +793,6 @@ def _apply_locked(
                     targets,
                 ),
             )
-
-
-def recover_records(dataset: Path, *, recover_first: bool = True) -> Iterator[Record]:
-    """Recover unfinished transactions of *dataset* (lock held by the caller).
-
-    Raises:
-        OutputError: there are unfinished transactions and *recover_first* is false.
-    """
-    waiting = pending(dataset)
-    if waiting and not recover_first:
-        raise OutputError(
-            dataset,
-            f"{len(waiting)} unfinished transaction(s) from an interrupted run",
-            hint="run 'bidspack recover DATASET' first",
-        )
-    for txn_id, what in recover(dataset):
-        yield Record("recover", f"{STATE_DIR}/txn/{txn_id}", "ok", what)
-    if dl.is_datalad(dataset) and dl.dirty(dataset):
-        dl.save(dataset, "bidspack recover: save the changes of an interrupted step")
-        yield Record("recover", ".", "ok", "saved the changes of an interrupted step (DataLad)")
 
 
 def excluded_path(a: Action) -> str:
@@ -1097,7 +1036,7 @@ def dry_run_records(steps: list[tuple[str, list[Action]]], dataset: Path) -> Ite
     them (exclusions first in each step), and, for an existing bidspack *dataset*,
     one ``step`` record per step saying whether it was committed already (a real run
     re-checks it) or is still missing."""
-    existing = Path(dataset).is_dir() and _is_bidspack_dataset(Path(dataset))
+    existing = Path(dataset).is_dir() and is_bidspack_dataset(Path(dataset))
     for step, acts in steps:
         for a in sorted(acts, key=lambda a: a.kind not in ("exclude", "skip", "refuse")):
             yield _planned_record(a)
@@ -1145,7 +1084,8 @@ def package(
         BidspackError: see :func:`build_plan` and :func:`apply_plan`.
     """
     check_roots(Path(submission), Path(dataset))
-    plan = build_plan(submission, spec, follow_symlinks=follow_symlinks)
+    renames = current_labels(Path(dataset)) if Path(dataset).is_dir() else {}
+    plan = build_plan(submission, spec, follow_symlinks=follow_symlinks, renames=renames)
     if dry_run:
         yield from dry_run_records(select_steps(_steps(plan), only, Path(submission)), dataset)
         return

@@ -1,7 +1,9 @@
 """``bidspack init --datalad`` and ``bidspack release DATASET VERSION``.
 
-A release is refused on a dirty tree, on validation errors, on verify mismatches and
-on an existing tag. Otherwise it adds an entry to ``CHANGES`` (BIDS "CHANGES" file,
+A release is refused on a bad version string (checked with the regular expression
+below and with ``git check-ref-format refs/tags/<version>``, before anything is
+committed), on a dirty tree, on validation errors, on verify mismatches and on an
+existing tag. Otherwise it adds an entry to ``CHANGES`` (BIDS "CHANGES" file,
 CPAN Changes format: ``<version> <YYYY-MM-DD>`` then ``  - <change>`` lines), commits
 it as a transactional step (manifest and provenance updated), saves, and tags.
 """
@@ -9,18 +11,64 @@ it as a transactional step (manifest and provenance updated), saves, and tags.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bidspack.errors import OutputError, ValidationFailed
+from bidspack.errors import OutputError, ToolError, ValidationFailed
 from bidspack.provenance import datalad as dl
 from bidspack.provenance.record import StepProvenance
 from bidspack.provenance.record import stage as stage_provenance
 from bidspack.records import Record
+from bidspack.safety import check_text_field
 from bidspack.txn import Transaction, dataset_lock
 
-_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$")
+_VERSION = re.compile(r"v?\d+\.\d+\.\d+(?:[.-][0-9A-Za-z.-]+)?")
+#: Longest version string accepted (a tag name).
+MAX_VERSION_LENGTH = 128
+
+
+def check_version(dataset: Path, version: str) -> str:
+    """Check that *version* is a release version and a tag name git accepts.
+
+    The whole string must match ``v?MAJOR.MINOR.PATCH`` with an optional ``.``/``-``
+    suffix of letters, digits, ``.`` and ``-`` (no whitespace, no trailing newline), be
+    at most :data:`MAX_VERSION_LENGTH` characters, and pass the real
+    ``git check-ref-format refs/tags/<version>`` (which refuses ``..``, ``.lock``,
+    a trailing ``.`` ...).
+
+    Raises:
+        OutputError: the version is refused (its text shown escaped, ``'1.0.0\\n'``).
+        ToolError: git is not installed.
+    """
+    shown = repr(version)
+    if len(version) > MAX_VERSION_LENGTH:
+        raise OutputError(dataset, f"version is longer than {MAX_VERSION_LENGTH} characters")
+    if any(c.isspace() or not c.isprintable() for c in version):
+        raise OutputError(
+            dataset, f"version {shown} contains whitespace or a control character (newline ...)"
+        )
+    if not _VERSION.fullmatch(version):
+        raise OutputError(dataset, f"{shown} is not a version (e.g. 1.0.0 or v1.0.0)")
+    git = shutil.which("git")
+    if git is None:
+        raise ToolError(dataset, "git is not installed", hint="install git")
+    proc = subprocess.run(
+        [git, "check-ref-format", f"refs/tags/{version}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode:
+        raise OutputError(
+            dataset,
+            f"version {shown} is not a tag name git accepts "
+            f"(git check-ref-format refs/tags/{version} failed)",
+            hint="no '..', no trailing '.' or '.lock'",
+        )
+    return version
 
 
 def init_datalad(dataset: Path) -> Iterator[Record]:
@@ -39,14 +87,20 @@ def init_datalad(dataset: Path) -> Iterator[Record]:
 def release(dataset: Path, version: str, *, note: str | None = None) -> Iterator[Record]:
     """Cut release *version* of a DataLad bidspack dataset (see module docstring).
 
+    *version* (:func:`check_version`) and *note* (no control characters) are checked
+    before anything is read or written.
+
     Raises:
         OutputError: not a DataLad dataset, dirty tree, bad or existing version tag.
+        UnsafeInputError: *note* contains a newline, tab or other control character.
+        ToolError: git or datalad is missing or failed.
         ValidationFailed: validation errors or verify mismatches (each listed first as
             an error record).
     """
     dataset = Path(dataset)
-    if not _VERSION.match(version):
-        raise OutputError(dataset, f"{version!r} is not a version (e.g. 1.0.0 or v1.0.0)")
+    check_version(dataset, version)
+    if note is not None:
+        check_text_field(note, what="--note", origin=dataset)
     if not dl.is_datalad(dataset):
         raise OutputError(
             dataset,

@@ -16,6 +16,14 @@ What a label touches (BIDS 1.11.1, "Common principles" and "Modality agnostic fi
 
 Everything is planned first (``--dry-run`` lists every change), then applied as one
 transaction (:mod:`bidspack.txn`): renames, then replaced files.
+
+Files are untrusted input: planning reads every file that will be rewritten as it
+will be rewritten, so a broken one stops the rename before anything changes, with a
+:class:`~bidspack.errors.PlanError` naming the file: ``dataset_description.json`` or a
+sidecar that is not valid JSON (or not an object), a TSV or JSON file that is not UTF-8
+(a Latin-1 ``participants.tsv``), a TSV row whose cell count differs from the header's
+(a value containing a tab). A file that is a symbolic link leading outside the dataset
+is never read (:class:`~bidspack.errors.UnsafeInputError`).
 """
 
 from __future__ import annotations
@@ -32,13 +40,15 @@ import tifffile
 
 from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text
-from bidspack.errors import PlanError
+from bidspack.errors import PlanError, UnsafeInputError
 from bidspack.io.ometiff import pad_description
 from bidspack.provenance import datalad as dl
 from bidspack.provenance.manifest import read_manifest
-from bidspack.provenance.record import StepProvenance
+from bidspack.provenance.record import PROVENANCE_DIR, StepProvenance
 from bidspack.provenance.record import stage as stage_provenance
+from bidspack.provenance.renames import RENAMES, with_renames
 from bidspack.records import Record
+from bidspack.safety import is_within
 from bidspack.txn import Transaction, dataset_lock
 from bidspack.txn.transaction import STATE_DIR
 
@@ -103,16 +113,90 @@ def _strip(label: str) -> str:
     return label[4:] if label.startswith("sub-") else label
 
 
+def read_text(path: Path) -> str:
+    """The text of *path*, which must be UTF-8.
+
+    Raises:
+        PlanError: not UTF-8 (the first bad byte and its offset named) or unreadable.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PlanError(path, f"cannot be read ({exc.strerror})") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(
+            path,
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            hint="BIDS text files are UTF-8; convert it, e.g. iconv -f latin1 -t utf-8",
+        ) from exc
+
+
+def read_json(path: Path, *, text: str | None = None) -> object:
+    """The JSON value of *path* (UTF-8, see :func:`read_text`).
+
+    Raises:
+        PlanError: not UTF-8 or not valid JSON (line and column named).
+    """
+    text = read_text(path) if text is None else text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlanError(
+            path, f"is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
+        ) from exc
+    except RecursionError as exc:
+        raise PlanError(path, "is not valid JSON (nested too deeply)") from exc
+
+
+def check_tsv(path: Path, text: str) -> None:
+    """Every row of the TSV *text* has as many cells as its header.
+
+    Raises:
+        PlanError: naming ``<path>:<line>`` and both counts (a value containing a tab
+            adds a cell).
+    """
+    lines = text.splitlines()
+    if not lines:
+        return
+    width = len(lines[0].split("\t"))
+    for i, line in enumerate(lines[1:], 2):
+        if line and len(line.split("\t")) != width:
+            raise PlanError(
+                f"{path}:{i}",
+                f"has {len(line.split(chr(9)))} tab-separated cells, the header has {width} "
+                "(a value containing a tab?)",
+            )
+
+
+def _check_link(dataset: Path, path: Path, rel: str) -> None:
+    """Refuse to read *path* when it is a symbolic link leading outside *dataset*."""
+    if path.is_symlink() and not is_within(path, dataset):
+        raise UnsafeInputError(
+            path,
+            f"{rel} is a symbolic link to {os.readlink(path)!r}, outside the dataset; "
+            "it is not read",
+        )
+
+
 def build_rename_plan(dataset: Path, mapping: dict[str, str]) -> RenamePlan:
     """Plan renaming subject labels ``old -> new`` in *dataset*.
 
     Raises:
         PlanError: unknown old label, invalid new label, a new label that exists
-            already (and is not renamed away) or is given twice, nothing to rename.
+            already (and is not renamed away) or is given twice, nothing to rename; a
+            file to rewrite (or ``dataset_description.json``) that is not UTF-8, not
+            valid JSON or a TSV with rows of the wrong width.
+        UnsafeInputError: a file to read is a symbolic link leading outside *dataset*.
     """
     dataset = Path(dataset)
-    if not (dataset / "dataset_description.json").is_file():
+    description = dataset / "dataset_description.json"
+    if not description.is_file():
         raise PlanError(dataset, "not a BIDS dataset (no dataset_description.json)")
+    _check_link(dataset, description, "dataset_description.json")
+    if not isinstance(read_json(description), dict):
+        raise PlanError(description, "is not a JSON object")
     mapping = {_strip(k): _strip(v) for k, v in mapping.items() if _strip(k) != _strip(v)}
     if not mapping:
         raise PlanError(dataset, "nothing to rename")
@@ -159,15 +243,17 @@ def build_rename_plan(dataset: Path, mapping: dict[str, str]) -> RenamePlan:
                     )
                 )
             full = Path(dirpath) / name
-            if full.is_file():
-                kind = _content_kind(rel, full, patterns, renamed)
+            if full.is_file() and not _is_history(rel):
+                kind = _content_kind(dataset, rel, full, patterns, renamed)
                 if kind:
                     plan.rewrites[renamed(rel)] = (rel, kind)
             if name.endswith(".ome.zarr") and full.is_dir():
                 for meta in _zarr_group_metadata(full):
                     inner = meta.relative_to(full).as_posix()
+                    _check_link(dataset, meta, f"{rel}/{inner}")
                     text = meta.read_text(encoding="utf-8", errors="replace")
                     if any(p.search(text) for p in patterns.values()):
+                        read_json(meta)
                         plan.rewrites[f"{renamed(rel)}/{inner}"] = (
                             f"{rel}/{inner}",
                             "OME-Zarr metadata",
@@ -176,7 +262,8 @@ def build_rename_plan(dataset: Path, mapping: dict[str, str]) -> RenamePlan:
     state = dataset / STATE_DIR / "steps"
     if state.is_dir():
         for p in sorted(state.iterdir()):
-            text = p.read_text(encoding="utf-8")
+            _check_link(dataset, p, p.relative_to(dataset).as_posix())
+            text = read_text(p)
             if any(pat.search(text) for pat in patterns.values()):
                 rel = p.relative_to(dataset).as_posix()
                 new_rel = f"{STATE_DIR}/steps/{renamed(p.name)}"
@@ -195,27 +282,51 @@ def _zarr_group_metadata(root: Path) -> list[Path]:
 
 
 def _content_kind(
-    rel: str, path: Path, patterns: dict[str, re.Pattern[str]], renamed: Callable[[str], str]
+    dataset: Path,
+    rel: str,
+    path: Path,
+    patterns: dict[str, re.Pattern[str]],
+    renamed: Callable[[str], str],
 ) -> str | None:
-    """What in this file carries a label, or ``None``."""
+    """What in this file carries a label, or ``None``. A file that will be rewritten is
+    read as the rewrite reads it, so a broken one stops the plan (see module doc)."""
+    if not rel.endswith((".ome.tif", ".ome.btf", ".tsv", ".json")):
+        return None
+    _check_link(dataset, path, rel)
     if rel.endswith((".ome.tif", ".ome.btf")):
         try:
             xml = tifffile.tiffcomment(path)
         except Exception:
             return None
         text = xml.decode("utf-8", "replace") if isinstance(xml, bytes) else str(xml or "")
-        return "OME-XML Image name" if any(p.search(text) for p in patterns.values()) else None
-    if not rel.endswith((".tsv", ".json")) or path.stat().st_size > 50 << 20:
+        if not any(p.search(text) for p in patterns.values()):
+            return None
+        if isinstance(xml, bytes):
+            try:
+                xml.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise PlanError(path, f"its OME-XML is not UTF-8 (offset {exc.start})") from exc
+        return "OME-XML Image name"
+    if path.stat().st_size > 50 << 20:
         return None
     text = path.read_text(encoding="utf-8", errors="replace")
     if not any(p.search(text) for p in patterns.values()):
         return None
+    text = read_text(path)  # it will be rewritten: it must be UTF-8
     if rel.endswith(".tsv"):
+        check_tsv(path, text)
         return "TSV cells"
+    data = read_json(path, text=text)
     if rel.startswith("code/bidspack/"):
         return "bidspack plan"
-    data = json.loads(text)
     return "JSON path values" if _json_rewrite(data, renamed) != data else None
+
+
+def _is_history(rel: str) -> bool:
+    """Files that record what happened and are never rewritten by a rename: the
+    provenance records (each names the labels its step ran with; the rename's own
+    record says old -> new) and the dataset's record of renames."""
+    return rel.startswith(f"{PROVENANCE_DIR}/") or rel == RENAMES
 
 
 def _json_rewrite(data: object, fn: Callable[[str], str]) -> object:
@@ -248,7 +359,7 @@ def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
         return text
 
     with dataset_lock(dataset):
-        from bidspack.ops.package import recover_records
+        from bidspack.ops.session import recover_records
 
         yield from recover_records(dataset)
         txn = Transaction(dataset)
@@ -269,13 +380,16 @@ def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
                     shutil.copyfile(src, staged)
                     _rename_in_omexml(staged, renamed)
                 elif kind == "JSON path values":
-                    data = json.loads(src.read_text(encoding="utf-8"))
+                    data = read_json(src)
                     staged.write_text(json_text(_json_rewrite(data, renamed)), encoding="utf-8")
                 else:
-                    staged.write_text(renamed(src.read_text(encoding="utf-8")), encoding="utf-8")
+                    staged.write_text(renamed(read_text(src)), encoding="utf-8")
                 old_pixels = old_rows.get(cur_rel, {}).get("pixel_hash")
                 if old_pixels:  # OME-XML rewritten, pixels unchanged
                     prov.pixel_hashes[new_rel] = old_pixels
+            txn.stage_path(RENAMES).write_text(
+                with_renames(dataset, dict(plan.mapping), txn.id), encoding="utf-8"
+            )
             stage_provenance(txn, prov)
             txn.commit()
         except BaseException:

@@ -35,6 +35,7 @@ from bidspack.bids.tables import read_tsv
 from bidspack.errors import ToolError, ValidationFailed
 from bidspack.io.omexml import physical_size_um
 from bidspack.records import Record
+from bidspack.txn.steps import step_key
 
 VALIDATOR = "bids-validator-deno"
 _ENT = re.compile(r"(?:^|_)(sub|sample)-([0-9a-zA-Z+]+)")
@@ -263,11 +264,20 @@ def check_complete(dataset: Path) -> Iterator[Record]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         yield Record("validate", "code/bidspack/plan.json", "error", f"unreadable plan ({exc})")
         return
+    # with step records (.bidspack/steps/), a step is missing when it has no record;
+    # in a clone without bidspack's state, when one of its outputs is absent
+    steps_dir = dataset / ".bidspack" / "steps"
     missing: dict[str, list[str]] = defaultdict(list)
     for a in actions:
         target = a.get("target") if isinstance(a, dict) else None
-        if isinstance(target, str) and not os.path.lexists(dataset / target):
-            missing[str(a.get("step"))].append(target)
+        if not isinstance(target, str):
+            continue
+        step = str(a.get("step"))
+        if steps_dir.is_dir():
+            if not (steps_dir / f"{step_key(step)}.json").is_file():
+                missing[step].append(target)
+        elif not os.path.lexists(dataset / target):
+            missing[step].append(target)
     for step, targets in sorted(missing.items()):
         yield Record(
             "validate",

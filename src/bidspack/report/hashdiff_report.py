@@ -210,7 +210,7 @@ def keep_in_dataset(diff: HashDiff, dataset: Path) -> Path:
             character or would not stay inside *dataset*.
     """
     from bidspack.errors import OutputError
-    from bidspack.ops.package import recover_records
+    from bidspack.ops.session import recover_records
     from bidspack.provenance.record import StepProvenance
     from bidspack.provenance.record import stage as stage_provenance
     from bidspack.txn import Transaction, dataset_lock

@@ -41,9 +41,17 @@ a bidspack dataset, each checked with its own library's validator before it is k
   ``bagit.Bag(OUT).validate()`` (every checksum recomputed) and the bag's
   ``manifest-sha256.txt`` equal to bidspack's manifest for every listed file.
 
+Before any format reads the dataset, it is checked as untrusted input: a symbolic link
+leading outside the dataset (a provenance record, README, any file or folder) or a
+FIFO, socket or device stops the export (:func:`~bidspack.ops.export.copying.check_tree`),
+and every provenance record must be UTF-8 JSON valid against
+``specs/provenance.schema.json`` (:func:`~bidspack.ops.export.common.check_records`).
+
 Both copies leave out ``.bidspack/`` and version control (``.git``, ``.datalad``,
-``.gitattributes``, ``.gitignore``, ``.gitmodules``), follow symbolic links (git-annex
-files are copied with their content) and check every file's sha256 against the manifest
+``.gitattributes``, ``.gitignore``, ``.gitmodules``), follow symbolic links that stay
+inside the dataset (git-annex files are copied with their content), copy ``.json`` and
+``.tsv`` files only when they are UTF-8 (and valid JSON) and check every file's sha256
+against the manifest
 while copying: a file that is modified, missing or not listed stops the export (the
 same findings as ``bidspack verify``). An ``.ome.zarr`` array's manifest row is checked
 through its array digest (:mod:`bidspack.provenance.digests`).
@@ -71,11 +79,13 @@ from pathlib import Path
 
 from bidspack.errors import OutputError
 from bidspack.ops.export.bag import check_bag, export_bag
-from bidspack.ops.export.common import dataset_description, readme_summary
+from bidspack.ops.export.common import check_records, dataset_description, readme_summary
 from bidspack.ops.export.copying import (
     EXCLUDED_NAMES,
     VERIFY_HINT,
     Copied,
+    check_entry,
+    check_tree,
     copy_dataset,
     crosscheck,
     dataset_files,
@@ -109,9 +119,12 @@ __all__ = [
     "build_ro_crate",
     "check_bag",
     "check_dataset",
+    "check_entry",
     "check_output",
     "check_prov_json",
+    "check_records",
     "check_ro_crate",
+    "check_tree",
     "copy_dataset",
     "crosscheck",
     "dataset_description",
@@ -137,6 +150,11 @@ def export(dataset: Path, out: Path, fmt: str) -> Iterator[Record]:
             ``dataset_description.json``, no manifest; for ``prov-json``: no records).
         IntegrityError: a file differs from the manifest, is missing or is not listed;
             or the written export does not pass its library's validator.
+        UnsafeInputError: a symbolic link in *dataset* leads outside it, or an entry is
+            a FIFO, socket or device (named; nothing is written).
+        ValidationFailed: also a provenance record, ``dataset_description.json``, the
+            manifest or a copied JSON/TSV file that is not UTF-8, not valid JSON or
+            not valid against its schema (the file named; nothing is written).
     """
     dataset, out = Path(dataset), Path(out)
     if fmt not in FORMATS:
@@ -144,7 +162,10 @@ def export(dataset: Path, out: Path, fmt: str) -> Iterator[Record]:
     folder = fmt != "prov-json"
     check_output(out, dataset, folder=folder)
     with reading(dataset):
+        check_tree(dataset)
         rows = check_dataset(dataset)
+        check_records(dataset)
+        dataset_description(dataset)
         with staged_output(out, folder=folder) as tmp:
             if fmt == "prov-json":
                 yield from export_prov(dataset, tmp, out)

@@ -15,6 +15,8 @@ from bidspack.txn import dataset_lock, pending
 from bidspack.txn.beside import remove_stale, staged_beside
 from bidspack.txn.transaction import STATE_DIR
 
+VERIFY = "run 'bidspack verify DATASET'"
+
 
 def check_output(out: Path, dataset: Path, *, folder: bool) -> None:
     """Refuse an *out* that exists (unless *folder* and an empty folder) or that lies
@@ -40,7 +42,8 @@ def check_dataset(dataset: Path) -> dict[str, Row]:
     without unfinished transactions.
 
     Raises:
-        ValidationFailed: no ``dataset_description.json`` or no manifest.
+        ValidationFailed: no ``dataset_description.json``, no manifest, or a manifest
+            that cannot be read (not UTF-8, a size that is not a number ...).
         OutputError: unfinished transactions.
     """
     if not (dataset / "dataset_description.json").is_file():
@@ -52,7 +55,16 @@ def check_dataset(dataset: Path) -> dict[str, Row]:
             f"{len(waiting)} unfinished transaction(s) from an interrupted run",
             hint="run 'bidspack recover DATASET' first",
         )
-    rows = read_manifest(dataset)
+    try:
+        rows = read_manifest(dataset)
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed(
+            dataset / MANIFEST_TSV, f"is not UTF-8 text (offset {exc.start})", hint=VERIFY
+        ) from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationFailed(
+            dataset / MANIFEST_TSV, f"is not a bidspack manifest ({exc!r})", hint=VERIFY
+        ) from exc
     if not rows:
         raise ValidationFailed(dataset, f"no manifest ({MANIFEST_TSV}); not a bidspack dataset")
     return rows
