@@ -138,6 +138,12 @@ def _planes(value: tuple[str, ...]) -> tuple[str, ...]:
     is_flag=True,
     help="Refuse to run if an interrupted run left unfinished transactions.",
 )
+@click.option(
+    "--datalad",
+    is_flag=True,
+    help="YODA layout: OUT a DataLad dataset, SOURCE (a clean DataLad/git dataset) "
+    "installed at OUT/sourcedata/<name>, each step saved with a run record.",
+)
 @json_option
 @map_errors
 def patches_cmd(
@@ -168,6 +174,7 @@ def patches_cmd(
     dry_run: bool,
     no_validate: bool,
     no_recover: bool,
+    datalad: bool,
     as_json: bool,
 ) -> None:
     """Cut 2D patches from the images of the bidspack dataset SOURCE into the derived
@@ -178,6 +185,8 @@ def patches_cmd(
 
     One transactional step per source image, then one for the index; a re-run keeps
     unchanged steps (notneeded). --dry-run lists the plan and reads no pixel.
+    With --datalad, `datalad rerun COMMIT` (in a clone of OUT) replays the derive
+    command on the pinned source and reproduces the files byte for byte.
     """
     from bidspack.ops.derive.patches import PatchParams, derive_patches
 
@@ -224,6 +233,7 @@ def patches_cmd(
             validate=not no_validate,
             recover_first=not no_recover,
             progress=progress,
+            datalad=datalad,
         )
         counts = render(
             keep(records),
@@ -466,6 +476,12 @@ def _crops_triple(value: str | None, option: str, *, integer: bool = False) -> t
     is_flag=True,
     help="Refuse to run if an interrupted run left unfinished transactions.",
 )
+@click.option(
+    "--datalad",
+    is_flag=True,
+    help="YODA layout: OUT a DataLad dataset, SOURCE (a clean DataLad/git dataset) "
+    "installed at OUT/sourcedata/<name>, each step saved with a run record.",
+)
 @json_option
 @map_errors
 def crops_cmd(
@@ -501,6 +517,7 @@ def crops_cmd(
     dry_run: bool,
     no_validate: bool,
     no_recover: bool,
+    datalad: bool,
     as_json: bool,
 ) -> None:
     """Crop image + mask pairs of the bidspack dataset SOURCE to the annotated region
@@ -549,6 +566,7 @@ def crops_cmd(
         dry_run=dry_run,
         validate=not no_validate,
         recover_first=not no_recover,
+        datalad=datalad,
     )
     seen: list[Record] = []
 

@@ -11,10 +11,13 @@ from bidspack.cli.cmd_derive import derive_cmd
 from bidspack.cli.cmd_draft_spec import draft_spec_cmd
 from bidspack.cli.cmd_export import export_cmd
 from bidspack.cli.cmd_hashdiff import duplicates_cmd, hashdiff_cmd
+from bidspack.cli.cmd_inspect import inspect_cmd
 from bidspack.cli.cmd_package import package_cmd
 from bidspack.cli.cmd_recover import recover_cmd
 from bidspack.cli.cmd_release import init_cmd, release_cmd
 from bidspack.cli.cmd_rename import rename_cmd
+from bidspack.cli.cmd_report import report_cmd, view_cmd
+from bidspack.cli.cmd_sample import sample_cmd
 from bidspack.cli.cmd_validate import validate_cmd
 from bidspack.cli.cmd_verify import log_cmd, verify_cmd
 
@@ -23,8 +26,11 @@ from bidspack.cli.cmd_verify import log_cmd, verify_cmd
 WORKFLOW_ORDER = (
     "demo",
     "draft-spec",
+    "inspect",
     "package",
     "validate",
+    "report",
+    "view",
     "hashdiff",
     "duplicates",
     "rename-subject",
@@ -35,6 +41,7 @@ WORKFLOW_ORDER = (
     "release",
     "export",
     "aggregate",
+    "sample",
     "derive",
 )
 
@@ -80,8 +87,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 cli.add_command(demo_cmd)
 cli.add_command(draft_spec_cmd)
+cli.add_command(inspect_cmd)
 cli.add_command(package_cmd)
 cli.add_command(validate_cmd)
+cli.add_command(report_cmd)
+cli.add_command(view_cmd)
 cli.add_command(hashdiff_cmd)
 cli.add_command(duplicates_cmd)
 cli.add_command(rename_cmd)
@@ -92,6 +102,7 @@ cli.add_command(init_cmd)
 cli.add_command(release_cmd)
 cli.add_command(export_cmd)
 cli.add_command(aggregate_cmd)
+cli.add_command(sample_cmd)
 cli.add_command(derive_cmd)
 for _name, _text in SHORT_HELP.items():
     if _name in cli.commands and not cli.commands[_name].short_help:

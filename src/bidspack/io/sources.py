@@ -428,6 +428,10 @@ def open_source(path: Path, **selection: Any) -> ImageSource:
             :class:`~bidspack.io.vendor.VendorImage`; a *selection* for a TIFF source.
     """
     path = Path(path)
+    from bidspack.io.containers import container_kind, open_container
+
+    if container_kind(path) is not None:  # MRC, NRRD, HDF5, Imaris, N5/Zarr, video
+        return open_container(path, **selection)
     if path.is_file() and not is_tiff(path):
         from bidspack.io.vendor import VendorImage
 

@@ -94,15 +94,18 @@ def dirty(dataset: Path) -> list[str]:
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
-def run_message(summary: str, cmd: str, dataset: Path, outputs: list[str]) -> str:
-    """A commit message in the format of ``datalad run`` (parsed by ``datalad rerun``)."""
+def run_message(
+    summary: str, cmd: str, dataset: Path, outputs: list[str], *, inputs: list[str] | None = None
+) -> str:
+    """A commit message in the format of ``datalad run`` (parsed by ``datalad rerun``);
+    *inputs* (dataset-relative paths) are fetched by ``datalad rerun`` before it runs."""
     info: dict[str, Any] = {
         "chain": [],
         "cmd": cmd,
         "dsid": dataset_id(dataset),
         "exit": 0,
         "extra_inputs": [],
-        "inputs": [],
+        "inputs": list(inputs or []),
         "outputs": outputs,
         "pwd": ".",
     }

@@ -73,6 +73,7 @@ from bidspack.ops.derive.dataset import (
     derived_description,
 )
 from bidspack.ops.derive.source import ImageHandle, SourceDataset
+from bidspack.ops.derive.yoda import adopt_source, record_steps, source_url
 from bidspack.records import Record
 from bidspack.safety import is_within
 from bidspack.txn import Transaction
@@ -1405,7 +1406,9 @@ def export_hdf5(dataset: Path, file: Path) -> Iterator[Record]:
 # -- the verb -----------------------------------------------------------------------------------
 
 
-def readme_text(source: SourceDataset, params: CropParams, plans: list[CropPlan]) -> str:
+def readme_text(
+    source: SourceDataset, params: CropParams, plans: list[CropPlan], out: Path | None = None
+) -> str:
     """``README.md`` of a crops dataset."""
     version = source.version or "not under version control"
     return "\n".join(
@@ -1416,7 +1419,7 @@ def readme_text(source: SourceDataset, params: CropParams, plans: list[CropPlan]
             "region of images of a bidspack dataset (SWC tracings rasterised in the",
             "image's voxel grid, or an existing label image).",
             "",
-            f"- Source dataset: `{source.path.absolute().as_uri()}`, version {version}",
+            f"- Source dataset: `{source_url(source.path, out)}`, version {version}",
             f"- Source manifest (code/bidspack/manifest.tsv) sha256: {source.manifest_sha256}",
             f"- Crops: {len(plans)} from {len({p.image.rel for p in plans})} image(s)",
             f"- Parameters: `{json.dumps(params.to_dict(), sort_keys=True)}`",
@@ -1445,10 +1448,12 @@ def command_line(
     selection: dict[str, Any],
     swc: Sequence[Path],
     mask: MaskSpec | None,
+    out: Path | None = None,
 ) -> str:
     """The command as recorded (``GeneratedBy.Description``): the source as a
-    ``file://`` URL, the output as ``.``, every parameter spelled out."""
-    args = ["bidspack", "derive", "crops", source.absolute().as_uri(), "."]
+    ``file://`` URL (or ``sourcedata/<name>``, *out*'s installed input), the output as
+    ``.``, every parameter spelled out."""
+    args = ["bidspack", "derive", "crops", source_url(source, out), "."]
     for key, value in sorted(selection.items()):
         if value is not None:
             args += [f"--{key}", str(value)]
@@ -1552,9 +1557,15 @@ def derive_crops(
     validate: bool = True,
     recover_first: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
+    datalad: bool = False,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) write a derived dataset of image + mask crops at
     *out* from the bidspack dataset *source_path* (see the module docstring).
+
+    With *datalad*, *out* is a DataLad dataset in the YODA layout (the source installed
+    at ``sourcedata/<name>``, pinned; each step saved with a run record:
+    :mod:`bidspack.ops.derive.yoda`). SWC files and a ``--mask`` file are named by
+    their absolute paths in the run record: a rerun needs them at the same place.
 
     Args:
         source_path: the source bidspack dataset (read-only).
@@ -1602,6 +1613,36 @@ def derive_crops(
     if dry_run:
         yield from _plan_records(plans)
         return
+    needed: list[str] = []
+    if datalad:
+        needed = sorted(
+            {p.image.rel for p in plans}
+            | {
+                p.annotation.name
+                for p in plans
+                if isinstance(p.annotation, LabelAnnotation)
+                and not Path(p.annotation.name).is_absolute()
+            }
+        )
+        adopted = adopt_source(source_path, out, needed)
+        yield from adopted.records
+        for img in {id(p.image): p.image for p in plans}.values():
+            img.close()
+        for p in plans:
+            if isinstance(p.annotation, LabelAnnotation) and hasattr(p.annotation.reader, "close"):
+                p.annotation.reader.close()
+        source_path = adopted.path
+        source = SourceDataset(source_path)
+        plans, _ = plan_crops(
+            source,
+            params,
+            swc=swc,
+            mask=mask,
+            suffix=suffix,
+            pipeline=pipeline,
+            fmt=fmt,
+            entities=entities,
+        )
     selection: dict[str, Any] = {
         "suffix": suffix,
         "pipeline": pipeline,
@@ -1611,7 +1652,14 @@ def derive_crops(
     selection = {k: v for k, v in selection.items() if v is not None}
     mask_used = mask if mask is not None and (mask.path or mask.desc) else None
     swc_files = find_swc_files(swc) if swc else []
-    command = command_line(source_path, params, selection, swc_files, mask_used)
+    command = command_line(source_path, params, selection, swc_files, mask_used, out)
+    if datalad:
+        record_steps(
+            derived,
+            summary="bidspack derive crops",
+            command=command,
+            inputs=[f"{source_url(source_path, out)}/{rel}" for rel in needed],
+        )
     description = derived_description(
         name="Annotated crops from " + source_path.absolute().name,
         operation=OPERATION,
@@ -1629,10 +1677,11 @@ def derive_crops(
             },
         },
         source=source,
+        out=out,
     )
     texts = {
         "dataset_description.json": description,
-        "README.md": readme_text(source, params, plans),
+        "README.md": readme_text(source, params, plans, out),
         ".bidsignore": bidsignore_text(PARTS, TABLE_PARQUET, *([TABLE_TSV] if params.tsv else [])),
         **_tables(source, plans),
     }

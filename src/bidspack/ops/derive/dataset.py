@@ -40,6 +40,7 @@ from bidspack.bids.schema import BIDS_VERSION
 from bidspack.bids.tables import json_text
 from bidspack.errors import OutputError
 from bidspack.ops.derive.source import SourceDataset
+from bidspack.ops.derive.yoda import is_input, source_url
 from bidspack.ops.session import check_output, locked_output
 from bidspack.provenance.record import StepProvenance
 from bidspack.provenance.record import stage as stage_provenance
@@ -96,7 +97,12 @@ def check_roots(source: Path, out: Path) -> None:
 
     Raises:
         OutputError: naming both folders.
+
+    A source installed as the derived dataset's input (``OUT/sourcedata/<name>``, a
+    DataLad subdataset: :func:`bidspack.ops.derive.yoda.is_input`) is accepted.
     """
+    if is_input(source, out):
+        return
     if is_within(out, source) or is_within(source, out):
         raise OutputError(
             out,
@@ -121,6 +127,9 @@ class DerivedDataset:
     def __init__(self, out: Path):
         self.path = Path(out)
         check_output(self.path)  # a folder with unfinished transactions is accepted
+        #: called with each step right after it is committed (``--datalad``: one
+        #: ``datalad save`` with a run record, :func:`bidspack.ops.derive.yoda.record_steps`)
+        self.on_commit: Callable[[DerivedStep], None] | None = None
 
     @contextlib.contextmanager
     def session(self, *, recover_first: bool = True) -> Iterator[list[Record]]:
@@ -216,6 +225,8 @@ class DerivedDataset:
         except BaseException:
             txn.abort()
             raise
+        if self.on_commit is not None:
+            self.on_commit(step)
         yield from records
         yield Record(
             "step",
@@ -226,11 +237,13 @@ class DerivedDataset:
         )
 
 
-def source_block(source: SourceDataset) -> dict[str, Any]:
+def source_block(source: SourceDataset, out: Path | None = None) -> dict[str, Any]:
     """What the derived dataset records about its source (the ``bidspack.source`` key
-    of ``dataset_description.json``): URL, commit, tag, dirty flag, manifest sha256."""
+    of ``dataset_description.json``): URL (:func:`bidspack.ops.derive.yoda.source_url`:
+    relative for the installed input of *out*), commit, tag, dirty flag, manifest
+    sha256."""
     return {
-        "URL": source.path.absolute().as_uri(),
+        "URL": source_url(source.path, out),
         "commit": source.commit,
         "tag": source.tag,
         "dirty": source.dirty,
@@ -246,6 +259,7 @@ def derived_description(
     command: str,
     parameters: dict[str, Any],
     source: SourceDataset,
+    out: Path | None = None,
 ) -> str:
     """``dataset_description.json`` text of a derived dataset (BIDS 1.11.1
     "Derivatives": ``DatasetType`` derivative, ``GeneratedBy``, ``SourceDatasets``).
@@ -253,12 +267,13 @@ def derived_description(
     ``GeneratedBy[0].Description`` holds the command (paths relative to the derived
     dataset, the output as ``.``); the ``bidspack`` key holds the operation, its
     parameters and the source block (:func:`source_block`). No timestamp: the same
-    inputs give the same bytes.
+    inputs give the same bytes. A source installed as *out*'s input
+    (``sourcedata/<name>``) is named by that relative path.
     """
-    src: dict[str, Any] = {"URL": source.path.absolute().as_uri()}
+    src: dict[str, Any] = {"URL": source_url(source.path, out)}
     if source.version:
         src["Version"] = source.version
-    out = {
+    described = {
         "Name": name,
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
@@ -274,10 +289,10 @@ def derived_description(
         "bidspack": {
             "operation": operation,
             "parameters": parameters,
-            "source": source_block(source),
+            "source": source_block(source, out),
         },
     }
-    return json_text(out)
+    return json_text(described)
 
 
 def bidsignore_text(*entries: str) -> str:

@@ -66,6 +66,7 @@ from bidspack.ops.derive.dataset import (
     derived_description,
 )
 from bidspack.ops.derive.source import ImageHandle, SourceDataset
+from bidspack.ops.derive.yoda import adopt_source, record_steps, source_url
 from bidspack.records import Record
 from bidspack.txn import Transaction
 from bidspack.txn.steps import file_xxh3, record_path, text_xxh3
@@ -735,7 +736,9 @@ def _tsv_cell(value: Any) -> Any:
 # -- the verb --------------------------------------------------------------------------------
 
 
-def readme_text(source: SourceDataset, params: PatchParams, plans: list[SourcePlan]) -> str:
+def readme_text(
+    source: SourceDataset, params: PatchParams, plans: list[SourcePlan], out: Path | None = None
+) -> str:
     """``README.md`` of a patch dataset: what it is, where it comes from, its layout."""
     version = source.version or "not under version control"
     lines = [
@@ -744,7 +747,7 @@ def readme_text(source: SourceDataset, params: PatchParams, plans: list[SourcePl
         "A BIDS derivative dataset of 2D patches cut from the images of a bidspack",
         "dataset, with exact and near-duplicate decisions recorded for every patch.",
         "",
-        f"- Source dataset: `{source.path.absolute().as_uri()}`, version {version}",
+        f"- Source dataset: `{source_url(source.path, out)}`, version {version}",
         f"- Source manifest (code/bidspack/manifest.tsv) sha256: {source.manifest_sha256}",
         f"- Source images: {len(plans)}",
         f"- Parameters: `{json.dumps(params.to_dict(), sort_keys=True)}`",
@@ -767,10 +770,13 @@ def readme_text(source: SourceDataset, params: PatchParams, plans: list[SourcePl
     return "\n".join(lines)
 
 
-def command_line(source: Path, params: PatchParams, selection: dict[str, Any]) -> str:
+def command_line(
+    source: Path, params: PatchParams, selection: dict[str, Any], out: Path | None = None
+) -> str:
     """The command as recorded (``GeneratedBy.Description``): the source as a
-    ``file://`` URL, the output as ``.``, every parameter spelled out."""
-    args = ["bidspack", "derive", "patches", source.absolute().as_uri(), "."]
+    ``file://`` URL (or ``sourcedata/<name>``, *out*'s installed input), the output as
+    ``.``, every parameter spelled out."""
+    args = ["bidspack", "derive", "patches", source_url(source, out), "."]
     for key, value in sorted(selection.items()):
         if value is not None:
             args += [f"--{key}", str(value)]
@@ -870,9 +876,15 @@ def derive_patches(
     validate: bool = True,
     recover_first: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
+    datalad: bool = False,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) write a patch dataset at *out* from the images of
     the bidspack dataset *source_path* (see the module docstring).
+
+    With *datalad*, *out* is a DataLad dataset in the YODA layout: the source (a clean
+    DataLad/git dataset) is installed at ``sourcedata/<name>``, pinned at its commit,
+    the images are read from there and every step is saved with a run record
+    (:mod:`bidspack.ops.derive.yoda`).
 
     *progress*, if given, is called as ``progress(source image, patches done, patches
     planned)`` while patches are cut (the CLI draws its bar with it); a source step that
@@ -906,6 +918,16 @@ def derive_patches(
     if dry_run:
         yield from _plan_records(plans, params)
         return
+    if datalad:
+        adopted = adopt_source(source_path, out, [p.image.rel for p in plans])
+        yield from adopted.records
+        for p in plans:
+            p.image.close()
+        source_path = adopted.path
+        source = SourceDataset(source_path)
+        plans = plan_patches(
+            source, params, suffix=suffix, pipeline=pipeline, fmt=fmt, entities=entities
+        )
     for p in plans:
         for plane, why in p.refused:
             yield Record(
@@ -915,17 +937,25 @@ def derive_patches(
                 f"plane {plane} refused: {why}",
                 {"plane": plane, "step": p.step, "source": p.image.rel},
             )
-    command = command_line(source_path, params, selection)
+    command = command_line(source_path, params, selection, out)
     description = derived_description(
         name="Training patches from " + source_path.absolute().name,
         operation=OPERATION,
         command=command,
         parameters={**params.to_dict(), "selection": selection},
         source=source,
+        out=out,
     )
+    if datalad:
+        record_steps(
+            derived,
+            summary="bidspack derive patches",
+            command=command,
+            inputs=[f"{source_url(source_path, out)}/{p.image.rel}" for p in plans],
+        )
     texts = {
         "dataset_description.json": description,
-        "README.md": readme_text(source, params, plans),
+        "README.md": readme_text(source, params, plans, out),
         ".bidsignore": bidsignore_text(
             "patches", INDEX_PARQUET, *([INDEX_TSV] if params.tsv else [])
         ),
