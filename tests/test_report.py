@@ -95,7 +95,7 @@ def _load(report: Path, tmp_path: Path, name: str) -> tuple[str, dict[str, str]]
 
 def _view_image(dom: str, key: str, view: str) -> np.ndarray:
     """Decode one view of one image section from the dumped DOM."""
-    marker = f"alt=\"{key} {view}\" src=\"data:image/"
+    marker = f'alt="{key} {view}" src="data:image/'
     start = dom.index(marker) + len(marker)
     kind, _, rest = dom[start:].partition(";base64,")
     data = base64.b64decode(rest[: rest.index('"')])
@@ -257,7 +257,7 @@ def test_report_never_reads_level_0(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     out = tmp_path / "r.html"
     result = write_report(ds, out, validate=False)
     zkey, tkey = "sub-01/micr/sub-01_SPIM", "sub-01/micr/sub-01_acq-t_SPIM"
-    zfile, zlevel, zshape = result.levels_read[zkey]
+    _, zlevel, zshape = result.levels_read[zkey]
     assert zlevel > 0 and max(zshape[-2:]) >= 256 and max(zshape[-2:]) < 550, result.levels_read
     assert opened == [("sub-01_SPIM.ome.zarr", zlevel)]  # one level opened, never 0
     assert result.levels_read[tkey] == ("sub-01/micr/sub-01_acq-t_SPIM.ome.tif", 2, (2, 275, 275))

@@ -3,6 +3,7 @@ DATASET`` (Neuroglancer on the local dataset)."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -87,6 +88,13 @@ def view_cmd(dataset: Path, port: int, no_browser: bool) -> None:
     sys.stdout.flush()
     if not no_browser:
         open_in_browser(server.url)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and SIGTERM stop cleanly, also where SIGINT was ignored (a background job)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

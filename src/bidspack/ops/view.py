@@ -59,7 +59,9 @@ def client_dir() -> Path:
     """
     spec = importlib.util.find_spec("neuroglancer")
     if spec is None or not spec.submodule_search_locations:
-        raise ToolError(None, "the neuroglancer package is not installed", hint="pip install neuroglancer")
+        raise ToolError(
+            None, "the neuroglancer package is not installed", hint="pip install neuroglancer"
+        )
     for loc in spec.submodule_search_locations:
         client = Path(loc) / "static" / "client"
         if (client / "index.html").is_file():
@@ -169,17 +171,21 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Requests go to :attr:`ViewServer.log`, not stderr."""
 
     def _log(self, status: int) -> None:
         with self.server.lock:
             self.server.log.append((self.command, self.path, status))
 
-    def _headers(self, status: int, length: int, ctype: str, extra: dict[str, str] | None = None) -> None:
+    def _headers(
+        self, status: int, length: int, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges")
+        self.send_header(
+            "Access-Control-Expose-Headers", "Content-Range, Content-Length, Accept-Ranges"
+        )
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(length))
@@ -240,13 +246,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(target, "forbidden" if target == 403 else "not found")
             return
         size = target.stat().st_size
-        ctype = {
-            ".js": "application/javascript",
-            ".wasm": "application/wasm",
-            ".css": "text/css",
-            ".html": "text/html; charset=utf-8",
-            ".json": "application/json",
-        }.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        ctype = (
+            {
+                ".js": "application/javascript",
+                ".wasm": "application/wasm",
+                ".css": "text/css",
+                ".html": "text/html; charset=utf-8",
+                ".json": "application/json",
+            }.get(target.suffix)
+            or mimetypes.guess_type(target.name)[0]
+            or "application/octet-stream"
+        )
         start, end, status, extra = 0, size - 1, 200, {}
         rng = self.headers.get("Range")
         if rng:
@@ -271,15 +281,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(buf)
                 left -= len(buf)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         """Serve a file (or a range of it)."""
         self._serve()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         """Headers only."""
         self._serve()
 
-    def do_OPTIONS(self) -> None:  # noqa: N802
+    def do_OPTIONS(self) -> None:
         """CORS preflight: GET/HEAD with a Range header allowed."""
         self.send_response(204)
         self.send_header("Access-Control-Allow-Origin", "*")
@@ -294,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers(405, len(body), "text/plain", {"Allow": "GET, HEAD, OPTIONS"})
         self.wfile.write(body)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

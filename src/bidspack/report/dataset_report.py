@@ -42,6 +42,7 @@ report shows each image's rating.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 import math
@@ -202,10 +203,8 @@ _OPEN_FILES: list[Any] = []
 
 def _close() -> None:
     while _OPEN_FILES:
-        try:
+        with contextlib.suppress(Exception):  # closing must not hide the report's outcome
             _OPEN_FILES.pop().close()
-        except Exception:  # closing must not hide the report's outcome
-            pass
 
 
 def open_pyramid(path: Path) -> Pyramid:
@@ -490,11 +489,12 @@ def _plan_labels(dataset: Path) -> set[str]:
     except (OSError, ValueError, AttributeError):
         return out
     for a in actions:
-        if isinstance(a, dict) and isinstance(a.get("params"), dict):
-            if a["params"].get("image") == "label" and isinstance(a.get("target"), str):
-                stem = _stem(a["target"].rsplit("/", 1)[-1])
-                if stem:
-                    out.add(a["target"].rsplit("/", 1)[0] + "/" + stem)
+        params = a.get("params") if isinstance(a, dict) else None
+        target = a.get("target") if isinstance(a, dict) else None
+        if isinstance(params, dict) and params.get("image") == "label" and isinstance(target, str):
+            stem = _stem(target.rsplit("/", 1)[-1])
+            if stem:
+                out.add(target.rsplit("/", 1)[0] + "/" + stem)
     return out
 
 
@@ -657,9 +657,7 @@ def _records_html(recs: list[Record], title: str) -> str:
         f"{len(errors)} error(s)</span>, {len(warnings)} warning group(s), {oks} ok</h3>"
     ]
     if errors:
-        out.append(
-            _table([{"path": r.path, "message": r.message} for r in errors[:500]], "errors")
-        )
+        out.append(_table([{"path": r.path, "message": r.message} for r in errors[:500]], "errors"))
     if warnings:
         out.append(_table([{"path": r.path, "message": r.message} for r in warnings[:200]]))
     return "".join(out)
@@ -685,8 +683,9 @@ def _provenance_html(dataset: Path) -> tuple[str, dict[str, str]]:
         ]
         for o in outputs:
             made_by[o] = f"{label} ({act.get('EndedAtTime', '')})"
-        shown = sorted({o.split(".ome.zarr/")[0] + ".ome.zarr" if ".ome.zarr/" in o else o
-                        for o in outputs})
+        shown = sorted(
+            {o.split(".ome.zarr/")[0] + ".ome.zarr" if ".ome.zarr/" in o else o for o in outputs}
+        )
         rows.append(
             "<tr>"
             f"<td>{_e(act.get('StartedAtTime', ''))}</td><td>{_e(act.get('EndedAtTime', ''))}</td>"
@@ -748,13 +747,12 @@ def _derived_html(dataset: Path) -> str:
     if table.is_file():
         t = pq.read_table(table).to_pandas()
         counts = t["decision"].value_counts().to_dict() if "decision" in t else {}
-        score = t["score"] if "score" in t else None
+        score = t.get("score")
         parts.append(
             f"<p id='classification'>classification: <b>{len(t)}</b> patches; "
             + ", ".join(f"{_e(k)} <b>{int(v)}</b>" for k, v in sorted(counts.items()))
             + (
-                f"; score min {score.min():.3g}, median {score.median():.3g}, "
-                f"max {score.max():.3g}"
+                f"; score min {score.min():.3g}, median {score.median():.3g}, max {score.max():.3g}"
                 if score is not None and len(score)
                 else ""
             )
@@ -932,7 +930,8 @@ def _image_section(
     errs = [r for r in messages if r.status == "error"]
     if errs:
         out.append(
-            "<ul class='err'>" + "".join(f"<li>{e(r.action)}: {e(r.message)}</li>" for r in errs)
+            "<ul class='err'>"
+            + "".join(f"<li>{e(r.action)}: {e(r.message)}</li>" for r in errs)
             + "</ul>"
         )
     out.append("</section>")
@@ -950,7 +949,9 @@ def _sidecar(img: Image) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _made_by(manifest: dict[str, dict[str, Any]], prov: dict[str, str], img: Image, dataset: Path) -> str:
+def _made_by(
+    manifest: dict[str, dict[str, Any]], prov: dict[str, str], img: Image, dataset: Path
+) -> str:
     for p in img.files.values():
         rel = p.relative_to(dataset).as_posix()
         if rel in prov:
@@ -1001,7 +1002,8 @@ def render_report(
     w(
         f"<p class='small'>Dataset <code>{e(dataset.name)}</code>, "
         f"{e(desc.get('DatasetType', 'raw'))}, BIDS {e(desc.get('BIDSVersion', '?'))}; "
-        f"{len(images)} image(s); report by bidspack, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+        f"{len(images)} image(s); report by bidspack, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         f"Views from the coarsest pyramid level whose longer side is at least {MIN_SIDE} px "
         f"(never level 0 of a larger pyramid); QC ratings from <code>{e(qc_name)}</code>.</p>"
     )
@@ -1012,7 +1014,10 @@ def render_report(
     w("</ul>")
     # validation
     w("<h2 id='validation'>Validation</h2>")
-    w(f"<p id='validation-status'>bids-validator-deno + bidspack checks, bidspack verify: {e(status)}</p>")
+    w(
+        "<p id='validation-status'>bids-validator-deno + bidspack checks, bidspack verify: "
+        f"{e(status)}</p>"
+    )
     for n in notes:
         w(f"<p class='warn'>{e(n)}</p>")
     if validate:
@@ -1023,10 +1028,10 @@ def render_report(
     samples = _read_tsv(dataset / "samples.tsv")
     if participants or samples:
         w("<h2 id='subjects'>Subjects and samples</h2>")
-        for p in participants:
-            pid = p.get("participant_id", "")
+        for prow in participants:
+            pid = prow.get("participant_id", "")
             w(f"<h3>{e(pid)}</h3>")
-            w(_table([p]))
+            w(_table([prow]))
             w(_table([s for s in samples if s.get("participant_id") == pid]))
     w(_derived_html(dataset))
     # images
@@ -1038,7 +1043,9 @@ def render_report(
         msgs = []
         for p in img.files.values():
             rel = p.relative_to(dataset).as_posix()
-            msgs += [r for k, rs in by_path.items() if k == rel or k.startswith(rel + "/") for r in rs]
+            msgs += [
+                r for k, rs in by_path.items() if k == rel or k.startswith(rel + "/") for r in rs
+            ]
         w(
             _image_section(
                 dataset,

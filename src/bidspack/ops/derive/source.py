@@ -32,6 +32,7 @@ import numpy as np
 
 from bidspack.errors import PlanError, SourceError
 from bidspack.provenance.manifest import MANIFEST_TSV, read_manifest
+from bidspack.safety import is_within
 
 #: Image file extensions bidspack writes, longest first.
 IMAGE_EXTENSIONS = (".ome.zarr", ".ome.tif", ".ome.btf")
@@ -350,7 +351,11 @@ class SourceDataset:
                 if micr.is_symlink() or not micr.is_dir():
                     continue
                 for entry in sorted(micr.iterdir()):
-                    if entry.is_symlink() or parse_bids_name(entry.name) is None:
+                    if parse_bids_name(entry.name) is None:
+                        continue
+                    # an annexed file (DataLad) is a link into .git/annex/objects: read
+                    # it; a link leading outside the dataset is never followed
+                    if entry.is_symlink() and not is_within(entry, self.path):
                         continue
                     found.append(entry.relative_to(self.path).as_posix())
         return sorted(found)
