@@ -388,7 +388,7 @@ def apply_rename(dataset: Path, plan: RenamePlan) -> Iterator[Record]:
                 if old_pixels:  # OME-XML rewritten, pixels unchanged
                     prov.pixel_hashes[new_rel] = old_pixels
             txn.stage_path(RENAMES).write_text(
-                with_renames(dataset, dict(plan.mapping), txn.id), encoding="utf-8"
+                with_renames(dataset, dict(plan.mapping)), encoding="utf-8"
             )
             stage_provenance(txn, prov)
             txn.commit()

@@ -264,19 +264,17 @@ def check_complete(dataset: Path) -> Iterator[Record]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         yield Record("validate", "code/bidspack/plan.json", "error", f"unreadable plan ({exc})")
         return
-    # with step records (.bidspack/steps/), a step is missing when it has no record;
-    # in a clone without bidspack's state, when one of its outputs is absent
+    # a step is missing when one of its outputs is absent and it has no step record
+    # (a file deleted after its step committed is reported by the other checks; a clone
+    # has the outputs but not bidspack's state)
     steps_dir = dataset / ".bidspack" / "steps"
     missing: dict[str, list[str]] = defaultdict(list)
     for a in actions:
         target = a.get("target") if isinstance(a, dict) else None
-        if not isinstance(target, str):
+        if not isinstance(target, str) or os.path.lexists(dataset / target):
             continue
         step = str(a.get("step"))
-        if steps_dir.is_dir():
-            if not (steps_dir / f"{step_key(step)}.json").is_file():
-                missing[step].append(target)
-        elif not os.path.lexists(dataset / target):
+        if not (steps_dir / f"{step_key(step)}.json").is_file():
             missing[step].append(target)
     for step, targets in sorted(missing.items()):
         yield Record(

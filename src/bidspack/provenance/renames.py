@@ -1,7 +1,8 @@
 """The subject renames a dataset remembers: ``code/bidspack/renames.json``.
 
-``bidspack rename-subject`` adds one entry per renamed participant label (old, new,
-the transaction that did it), in the same transaction as the rename. ``bidspack
+``bidspack rename-subject`` adds one entry per renamed participant label (old, new),
+in the same transaction as the rename (whose provenance record says when and how; the
+file holds no ids or times, so the same renames give the same bytes). ``bidspack
 package`` reads the file so that re-packaging the same submission maps each subject
 folder to its current label instead of re-creating the old one; a label that two
 entries or two folders would claim is a planning error. The file is part of the
@@ -31,10 +32,7 @@ def read_renames(dataset: Path) -> list[dict[str, str]]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         entries = doc["renames"]
-        out = [
-            {"from": str(e["from"]), "to": str(e["to"]), "transaction": str(e["transaction"])}
-            for e in entries
-        ]
+        out = [{"from": str(e["from"]), "to": str(e["to"])} for e in entries]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PlanError(path, f"unreadable rename record ({exc})") from exc
     return out
@@ -58,11 +56,9 @@ def current_labels(dataset: Path) -> dict[str, str]:
     return {k: v for k, v in mapping.items() if k != v}
 
 
-def with_renames(dataset: Path, renames: dict[str, str], transaction: str) -> str:
+def with_renames(dataset: Path, renames: dict[str, str]) -> str:
     """The text of the rename record after adding *renames* (old label -> new label,
-    without ``sub-``), as staged by the rename step's *transaction*."""
+    without ``sub-``)."""
     entries: list[dict[str, Any]] = list(read_renames(dataset))
-    entries += [
-        {"from": o, "to": n, "transaction": transaction} for o, n in sorted(renames.items())
-    ]
+    entries += [{"from": old, "to": new} for old, new in sorted(renames.items())]
     return json.dumps({"renames": entries}, indent=2, ensure_ascii=False) + "\n"
