@@ -280,3 +280,29 @@ def test_report_cli_refuses_existing_output(labels_ds: Path, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     assert "12 image(s)" in proc.stdout and out.read_text().startswith("<!DOCTYPE html>")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".r.html.part")]
+
+
+def test_report_of_a_derived_patches_dataset(packaged: Path, tmp_path: Path) -> None:
+    """A training set made by `derive patches` gets its own report: patch, kept and
+    duplicate counts per source and plane, and a grid of sample patches that decode."""
+    import pandas as pd
+
+    from bidspack.ops.derive.patches import PatchParams, derive_patches
+
+    train = tmp_path / "train"
+    recs = list(
+        derive_patches(
+            packaged, train, PatchParams(size=32, seed=7), suffix="SPIM", entities={"stain": "N4"}
+        )
+    )
+    assert not [r for r in recs if r.status == "error"]
+    index = pd.read_parquet(train / "index.parquet")
+    out = tmp_path / "train-report.html"
+    write_report(train, out, validate=False)
+    dom, body = _load(out, tmp_path, "train-report")
+    kept, total = int(index["kept"].sum()), len(index)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    assert f"{total} patches, {kept} kept, {total - kept} duplicates" in text
+    assert "Sample patches (kept)" in dom
+    assert int(body["data-images"]) >= 12, body
+    assert body["data-images-loaded"] == body["data-images"], body
