@@ -302,12 +302,7 @@ def test_train_evaluate_sklearn_split_reproducible(
     _, held2 = train_test_split(ids, test_size=0.15, random_state=7, stratify=ys)
     assert list(held2) == held
     # the JSON model scores as scikit-learn's fitted pipeline does
-    arrays = {}
-    rows = pq.read_table(p32 / "index.parquet").to_pylist()
-    for r in rows:
-        arrays.setdefault(r["array"], zarr.open_array(str(p32 / r["array"]), mode="r")[:])
-    batch = np.stack([arrays[r["array"]][r["row"]] for r in rows])
-    feats = patch_features(batch)
+    feats = patch_features(_all_patches(p32))
     pos = {p: i for i, p in enumerate(ids)}
     tr = [pos[i] for i in train]
     scaler = StandardScaler().fit(feats[tr])
@@ -423,7 +418,7 @@ def _reference_scores(weights: Path, patches: np.ndarray) -> np.ndarray:
 
 def _all_patches(ds: Path) -> np.ndarray:
     rows = pq.read_table(ds / "index.parquet").to_pylist()
-    arrays = {r["array"]: zarr.open_array(str(ds / r["array"]), mode="r")[:] for r in rows}
+    arrays = {a: zarr.open_array(str(ds / a), mode="r")[:] for a in {r["array"] for r in rows}}
     return np.stack([arrays[r["array"]][r["row"]] for r in rows])
 
 
@@ -615,19 +610,17 @@ def test_select_materialises_subset_with_both_parents(
     assert desc["bidspack"]["parameters"]["query"] == query
     checked = list(verify(out))
     assert checked[-1].status == "ok", [c for c in checked if c.status == "error"]
-    try:
-        from bidspack.training import PatchSet
-    except ImportError:  # pragma: no cover - the loader is another module
-        pass
-    else:
-        ps = PatchSet(out)
-        assert len(ps) == len(rows) and np.array_equal(ps[3], mine[rows[3]["row"]])
-    # a patch dataset as the source: its own columns (kept = the duplicate decision)
+    PatchSet = pytest.importorskip("bidspack.training").PatchSet
+    ps = PatchSet(out)
+    assert len(ps) == len(rows) and np.array_equal(ps[3], mine[rows[3]["row"]])
+    # a patch dataset as the source: its index (kept, reason as dedup_kept, dedup_reason)
     out2 = tmp_path / "sel2"
-    recs = list(derive_select(p32, out2, "kept and slice_index >= 200", validate=False))
+    recs = list(derive_select(p32, out2, "not dedup_kept or slice_index >= 200", validate=False))
     assert not _errors(recs)
     rows2 = _table(out2, "index.parquet")
-    assert rows2 and all(r["slice_index"] >= 200 and r["kept"] for r in rows2)
+    assert rows2 and all(r["slice_index"] >= 200 or not r["dedup_kept"] for r in rows2)
+    assert any(not r["dedup_kept"] for r in rows2) and "kept" not in rows2[0]
+    assert len(PatchSet(out2)) == len(rows2)  # no 'kept' column: every selected row
     assert [
         s["URL"]
         for s in json.loads((out2 / "dataset_description.json").read_text())["SourceDatasets"]

@@ -850,8 +850,8 @@ def cem_preprocess(batch: np.ndarray, torch: ModuleType, device: Any = "cpu") ->
     value in all three channels); ``Resize(224, 224)`` when the patch is not 224 x 224
     (cv2 ``INTER_LINEAR``: bilinear with half-pixel centres, no antialiasing; here
     ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` in
-    float32, rounded half to even and clipped to uint8, since cv2 returns uint8 for
-    uint8 input; cv2 uses 11-bit fixed-point weights, so a resized pixel may differ
+    float32, rounded half up and clipped to uint8, as cv2 rounds its uint8 result;
+    cv2 uses 11-bit fixed-point weights, so a resized pixel may differ
     from cv2's by one grey level, while 224 x 224 patches, the default of ``derive
     patches`` and CEM's size, are not resized and match exactly); albumentations
     ``Normalize()``: ``(x - float32(mean) * 255) * reciprocal(float32(std) * 255)`` in
@@ -872,12 +872,33 @@ def cem_preprocess(batch: np.ndarray, torch: ModuleType, device: Any = "cpu") ->
             align_corners=False,
             antialias=False,
         )
-        x = torch.clamp(torch.round(x), 0, 255)
+        x = torch.clamp(torch.floor(x + 0.5), 0, 255)
     mean = np.asarray(IMAGENET_MEAN, np.float32) * np.float32(255)
     denom = np.reciprocal(np.asarray(IMAGENET_STD, np.float32) * np.float32(255), dtype=np.float32)
     m = torch.from_numpy(mean).to(device).view(1, 3, 1, 1)
     d = torch.from_numpy(denom).to(device).view(1, 3, 1, 1)
     return ((x.expand(-1, 3, -1, -1) - m) * d).contiguous()
+
+
+def cem_normalize(batch: np.ndarray) -> np.ndarray:
+    """:func:`cem_preprocess` without the resize, in numpy: a ``(b, 224, 224)`` (any
+    size) uint8 batch as float32 ``(b, 3, h, w)``, channel ``c`` = ``(float32(x) -
+    float32(mean_c) * 255) * reciprocal(float32(std_c) * 255)`` (albumentations
+    ``Normalize()`` after ``cv2.COLOR_GRAY2RGB``), the same float32 operations as the
+    torch version.
+
+    Raises:
+        ValueError: *batch* is not ``(b, h, w)`` uint8.
+    """
+    arr = _as_batch(batch)
+    x = arr.astype(np.float32)
+    mean = np.asarray(IMAGENET_MEAN, np.float32) * np.float32(255)
+    denom = np.reciprocal(np.asarray(IMAGENET_STD, np.float32) * np.float32(255), dtype=np.float32)
+    out = np.empty((arr.shape[0], 3, arr.shape[1], arr.shape[2]), np.float32)
+    for c in range(3):
+        np.subtract(x, mean[c], out=out[:, c])
+        np.multiply(out[:, c], denom[c], out=out[:, c])
+    return out
 
 
 def pick_device(torch: ModuleType, device: str | None) -> Any:
@@ -954,14 +975,27 @@ class TorchResNet34(BaseClassifier):
         self.versions = library_versions("numpy", "torch", "torchvision")
 
     def prepare(self, batch: np.ndarray) -> Any:
-        """:func:`cem_preprocess` (on the CPU; moved to the device in :meth:`infer`)."""
-        return cem_preprocess(batch, self.torch, "cpu")
+        """CPU work that may run beside inference (in the pipeline's reader thread): for
+        224 x 224 patches the whole of :func:`cem_preprocess`, in numpy
+        (:func:`cem_normalize`, bit for bit the same float32 operations), so no second
+        torch thread pool competes with the forward pass; other sizes are resized and
+        normalised by :func:`cem_preprocess` in :meth:`infer`."""
+        arr = _as_batch(batch)
+        if arr.shape[1:] == (CEM_INPUT_SIZE, CEM_INPUT_SIZE):
+            return cem_normalize(arr)
+        return arr
 
     def infer(self, prepared: Any) -> np.ndarray:
-        """``(b,)`` float64: ``sigmoid(model(x))[:, 0]``."""
+        """``(b,)`` float64: ``sigmoid(model(x))[:, 0]`` of a :meth:`prepare`'d batch
+        (or a tensor from :func:`cem_preprocess`)."""
         torch = self.torch
         with torch.inference_mode():
-            x = prepared.to(self.device, non_blocking=True)
+            if isinstance(prepared, torch.Tensor):  # already cem_preprocess'ed
+                x = prepared.to(self.device, non_blocking=True)
+            elif prepared.dtype == np.uint8:
+                x = cem_preprocess(prepared, torch, self.device)
+            else:
+                x = torch.from_numpy(prepared).to(self.device, non_blocking=True)
             out = torch.sigmoid(self.model(x))[:, 0]
         return out.detach().to("cpu").numpy().astype(np.float64)
 
@@ -985,7 +1019,7 @@ class TorchResNet34(BaseClassifier):
                 "grey_to_rgb": True,
                 "resize": [CEM_INPUT_SIZE, CEM_INPUT_SIZE],
                 "resize_method": "bilinear, half-pixel centres, no antialiasing, "
-                "rounded to uint8 (cv2.INTER_LINEAR as albumentations Resize)",
+                "rounded half up to uint8 (cv2.INTER_LINEAR as albumentations Resize)",
                 "normalize_mean": list(IMAGENET_MEAN),
                 "normalize_std": list(IMAGENET_STD),
                 "max_pixel_value": 255.0,
@@ -1013,16 +1047,16 @@ def load_weights(data: bytes, path: Path, torch: ModuleType) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-        _, _, after = text.partition("WeightsUnpickler error:")
-        detail = after.strip().splitlines()[0] if after.strip() else type(exc).__name__
-        detail = detail.split(" was not an allowed")[0].strip()
-        if detail.startswith("Unsupported global"):
+        found = re.search(r"GLOBAL\s+([\w.]+)", text)
+        if found:
             raise SourceError(
                 path,
                 "refused: the file holds Python objects other than tensors, and is not "
-                f"unpickled (torch.load weights_only=True: {detail})",
+                f"unpickled (torch.load weights_only=True: it names {found.group(1)})",
                 hint="save only the weights: torch.save(model.state_dict(), path)",
             ) from exc
+        _, _, after = text.partition("WeightsUnpickler error:")
+        detail = after.strip().splitlines()[0] if after.strip() else type(exc).__name__
         raise SourceError(
             path,
             f"not a PyTorch weights file (torch.load weights_only=True refused it: {detail})",
@@ -1100,6 +1134,7 @@ __all__ = [
     "RuleThresholds",
     "RulesClassifier",
     "TorchResNet34",
+    "cem_normalize",
     "cem_preprocess",
     "cem_resnet34",
     "check_state_dict",

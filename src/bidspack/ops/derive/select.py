@@ -6,8 +6,9 @@ patches``, or an earlier ``derive select``). The query is evaluated on one table
 patch (:func:`query_table`): for a classification, its own columns (``score``,
 ``decision``, ``reason``, ``dedup_kept``, ``source``, ``plane``, ...) plus every column of
 the parent patch index it does not have (``z0`` ... ``x1``, ``pixel_hash``, ``dhash``,
-``height`` ...; the parent's ``reason`` as ``dedup_reason``, its ``kept`` as
-``dedup_kept``); for a patch dataset, its index.
+``height`` ...); for a patch dataset, its index. Either way the duplicate decision of
+``derive patches`` (``kept``, ``reason``) is named ``dedup_kept`` and ``dedup_reason``,
+so a selection's index has no ``kept`` column and every selected row is loaded.
 
 The query language (:func:`parse_query`) is small and evaluated without ``eval``:
 comparisons ``column op literal`` (``==``, ``!=``, ``<``, ``<=``, ``>``, ``>=``; strings
@@ -71,7 +72,7 @@ INDEX_TSV = "index.tsv"
 SHARD_PATCHES = 256
 #: The first columns of a selection's index.
 LEAD_COLUMNS = ("patch_id", "array", "row", "parent_array", "parent_row")
-#: Parent patch-index columns renamed in a classification's query table.
+#: Patch-index columns renamed in the query table (the duplicate decision).
 RENAMED = {"kept": "dedup_kept", "reason": "dedup_reason"}
 #: Longest query accepted (characters).
 MAX_QUERY = 4000
@@ -372,7 +373,10 @@ def open_selection_source(path: Path) -> SelectionSource:
     operation = (desc.get("bidspack") or {}).get("operation") if isinstance(desc, dict) else None
     if operation != CLASSIFY_OPERATION:
         patches = PatchDataset(path)
-        return SelectionSource(patches.table, patches, None, None)
+        names = [RENAMED.get(n, n) for n in patches.table.column_names]
+        if len(set(names)) != len(names):
+            raise PlanError(path, "the patch index has both 'kept' and 'dedup_kept' columns")
+        return SelectionSource(patches.table.rename_columns(names), patches, None, None)
     cls = SourceDataset(path)
     block = desc["bidspack"].get("source") or {}
     parent_path = _url_path(str(block.get("URL", "")))
