@@ -145,3 +145,48 @@ def test_derive_patches_datalad_yoda_clone_rerun(
     changed = git("diff", "--name-only", head, "HEAD", cwd=clone).split()
     assert changed and all(p.startswith("code/bidspack/provenance/") for p in changed), changed
     assert (clone / "sourcedata/ds/.git").exists()  # installed by the rerun (its input)
+
+
+def test_derive_crops_datalad_from_annexed_ome_tiff(
+    realdata: Path, no_git_identity: Path, tmp_path: Path
+) -> None:
+    """`derive crops --datalad` on a DataLad source whose OME-TIFFs are annexed (links
+    into .git/annex/objects): the source is a pinned subdataset, each crop step has a
+    run record, the crops validate, and a clone's rerun of a crop step gives the same
+    manifest rows."""
+    from test_derive_crops import HEMI_SPEC
+
+    (tmp_path / "hemi.toml").write_text(HEMI_SPEC, encoding="utf-8")
+    pk = bidspack(
+        "package", str(realdata), "ds", "--spec", "hemi.toml", "--datalad", "--no-validate",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert pk.returncode == 0, pk.stderr + pk.stdout
+    ds, out = tmp_path / "ds", tmp_path / "out"
+    assert next(ds.glob("sub-*/micr/*.ome.tif")).is_symlink()  # annexed
+    src_commit = git("rev-parse", "HEAD", cwd=ds).strip()
+    args = ("--suffix", "2PE", "--mask-desc", "hemispheres", "--mask-pipeline", "brainreg")
+    proc = bidspack("derive", "crops", "ds", "out", "--datalad", *args, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    recs = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert not [r for r in recs if r["status"] == "error"]
+    assert git("status", "--porcelain", cwd=out) == ""
+    assert git("ls-tree", "HEAD", "sourcedata/ds", cwd=out).split()[:3] == [
+        "160000",
+        "commit",
+        src_commit,
+    ]
+    desc = json.loads((out / "dataset_description.json").read_text(encoding="utf-8"))
+    assert desc["SourceDatasets"] == [{"URL": "sourcedata/ds", "Version": src_commit}]
+    log = git("log", "--format=%s", cwd=out).splitlines()
+    crop_steps = [s for s in log if s.startswith("[DATALAD RUNCMD] bidspack derive crops: crops/")]
+    assert crop_steps, log
+    step = crop_steps[-1].split(": ", 1)[1]
+    commit = git("log", "--format=%H", f"--grep=derive crops: {step}$", cwd=out).split()[0]
+    cl = run("datalad", "clone", str(out), "clone", cwd=tmp_path)
+    assert cl.returncode == 0, cl.stderr
+    clone = tmp_path / "clone"
+    rr = run("datalad", "rerun", commit, cwd=clone)
+    assert rr.returncode == 0, rr.stderr + rr.stdout
+    assert git("status", "--porcelain", cwd=clone) == ""
+    assert manifest_rows(clone) == manifest_rows(out)

@@ -1475,10 +1475,11 @@ def command_line(
             args += ["--swc-offset", ",".join(f"{v:g}" for v in params.swc_offset_um)]
     if params.per_tree:
         args.append("--per-tree")
+    # the command replays to the same parameters: a margin only when one was given
     if params.margin_voxels is not None:
         args += ["--margin-voxels", ",".join(str(v) for v in params.margin_voxels)]
-    else:
-        args += ["--margin", ",".join(f"{v:g}" for v in params.margin_um or (0, 0, 0))]
+    elif params.margin_um is not None:
+        args += ["--margin", ",".join(f"{v:g}" for v in params.margin_um)]
     args += ["--formats", ",".join(params.formats)]
     if not params.tsv:
         args.append("--no-tsv")
