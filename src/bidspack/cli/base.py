@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -259,3 +259,40 @@ def tree_bytes(path: Path) -> int:
             with contextlib.suppress(OSError):  # removed meanwhile
                 total += os.lstat(os.path.join(dirpath, f)).st_size
     return total
+
+
+@contextlib.contextmanager
+def progress_bar(
+    wanted: bool, what: str, *, unit: str = ""
+) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr when *wanted* and stderr is a terminal (printed lines
+    go above it when stdout is the same terminal); yields the ``progress(item, done,
+    total)`` callback, or ``None`` when no bar is drawn (piped, ``--json``, dry runs).
+    *unit* follows the counts (``"patches"``)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    try:
+        show = wanted and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        show = False
+    if not show:
+        yield None
+        return
+    on_terminal = sys.stdout.isatty()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}" + (f" {unit}" if unit else "")),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        redirect_stdout=on_terminal,
+        redirect_stderr=on_terminal,
+    ) as bar:
+        task = bar.add_task(what, total=None)
+
+        def progress(item: str, done: int, total: int) -> None:
+            name = item.rsplit("/", 1)[-1]
+            bar.update(task, total=total, completed=done, description=f"{what} {name}".strip())
+
+        yield progress

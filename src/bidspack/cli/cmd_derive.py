@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from bidspack.cli.base import json_option, make_console, map_errors, render, validation_lines
+from bidspack.cli.base import (
+    json_option,
+    make_console,
+    map_errors,
+    progress_bar,
+    render,
+    validation_lines,
+)
 from bidspack.records import Record
 
 
@@ -19,38 +26,39 @@ def derive_cmd() -> None:
     of a bidspack dataset; see docs/derived-datasets.md."""
 
 
-@contextlib.contextmanager
-def _progress_bar(wanted: bool, what: str) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr (as ``bidspack package`` draws it) when *wanted* and
-    stderr is a terminal; yields the ``progress(item, done, total)`` callback, or
-    ``None`` when no bar is drawn."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+F = TypeVar("F", bound=Callable[..., Any])
 
-    try:
-        show = wanted and sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        show = False
-    if not show:
-        yield None
-        return
-    on_terminal = sys.stdout.isatty()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        redirect_stdout=on_terminal,
-        redirect_stderr=on_terminal,
-    ) as bar:
-        task = bar.add_task(what, total=None)
+_SELECTION_OPTIONS = (
+    click.option("--suffix", help="Only images with this BIDS suffix (SPIM, 2PE, ...)."),
+    click.option("--sub", help="Only this subject label."),
+    click.option("--ses", help="Only this session label."),
+    click.option("--sample", help="Only this sample label."),
+    click.option("--stain", help="Only this stain label."),
+    click.option("--acq", help="Only this acquisition label."),
+    click.option("--run", "run_", help="Only this run index."),
+    click.option("--chunk", help="Only this chunk index."),
+    click.option("--desc", help="Only images with this desc label."),
+    click.option(
+        "--pipeline",
+        help="'raw' for raw images only, or a derivatives/<pipeline> name (default: both).",
+    ),
+    click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["auto", "ome-zarr", "ome-tiff"]),
+        default="auto",
+        show_default=True,
+        help="Which file of a source image written in both formats (auto: the OME-Zarr).",
+    ),
+)
 
-        def progress(item: str, done: int, total: int) -> None:
-            bar.update(task, total=total, completed=done, description=f"{what} {Path(item).name}")
 
-        yield progress
+def image_selection(func: F) -> F:
+    """The options that select source images by BIDS entities (every derive verb that
+    reads a source dataset: patches, crops)."""
+    for option in reversed(_SELECTION_OPTIONS):
+        func = option(func)
+    return func
 
 
 def _planes(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -61,27 +69,7 @@ def _planes(value: tuple[str, ...]) -> tuple[str, ...]:
 @derive_cmd.command("patches", short_help="2D patches with duplicate decisions and an index.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--suffix", help="Only images with this BIDS suffix (SPIM, 2PE, ...).")
-@click.option("--sub", help="Only this subject label.")
-@click.option("--ses", help="Only this session label.")
-@click.option("--sample", help="Only this sample label.")
-@click.option("--stain", help="Only this stain label.")
-@click.option("--acq", help="Only this acquisition label.")
-@click.option("--run", "run_", help="Only this run index.")
-@click.option("--chunk", help="Only this chunk index.")
-@click.option("--desc", help="Only images with this desc label.")
-@click.option(
-    "--pipeline",
-    help="'raw' for raw images only, or a derivatives/<pipeline> name (default: both).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "ome-zarr", "ome-tiff"]),
-    default="auto",
-    show_default=True,
-    help="Which file of an image written in both formats (auto: the OME-Zarr).",
-)
+@image_selection
 @click.option(
     "--planes",
     multiple=True,
@@ -220,7 +208,7 @@ def patches_cmd(
             seen.append(r)
             yield r
 
-    with _progress_bar(not as_json and not dry_run, "cutting patches") as progress:
+    with progress_bar(not as_json and not dry_run, "cutting patches") as progress:
         records = derive_patches(
             source,
             out,
@@ -447,27 +435,7 @@ def _crops_triple(value: str | None, option: str, *, integer: bool = False) -> t
     type=(click.Choice(["hdf5"]), click.Path(path_type=Path)),
     help="Also write FILE: one HDF5 file with image/mask per crop (outside the datasets).",
 )
-@click.option("--suffix", help="Only images with this BIDS suffix (SPIM, 2PE, ...).")
-@click.option("--sub", help="Only this subject label.")
-@click.option("--ses", help="Only this session label.")
-@click.option("--sample", help="Only this sample label.")
-@click.option("--stain", help="Only this stain label.")
-@click.option("--acq", help="Only this acquisition label.")
-@click.option("--run", "run_", help="Only this run index.")
-@click.option("--chunk", help="Only this chunk index.")
-@click.option("--desc", help="Only images with this desc label.")
-@click.option(
-    "--pipeline",
-    help="'raw' for raw images only, or a derivatives/<pipeline> name (default: both).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "ome-zarr", "ome-tiff"]),
-    default="auto",
-    show_default=True,
-    help="Which file of a source image written in both formats (auto: the OME-Zarr).",
-)
+@image_selection
 @click.option("--no-tsv", is_flag=True, help="Write crops.parquet only (no crops.tsv copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (crops, boxes); write nothing.")
 @click.option("--no-validate", is_flag=True, help="Skip the final validation.")
@@ -594,36 +562,6 @@ def crops_cmd(
 
 
 # -- derive classify / train-classifier / select (docs/classification.md) -----------------------
-
-
-@contextlib.contextmanager
-def _classify_progress(wanted: bool, what: str) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr when *wanted* and stderr is a terminal; yields the
-    ``progress(item, done, total)`` callback, or ``None`` when no bar is drawn."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    try:
-        show = wanted and sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        show = False
-    if not show:
-        yield None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} patches"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(what, total=None)
-
-        def progress(item: str, done: int, total: int) -> None:
-            bar.update(task, total=total, completed=done, description=f"{what} {item}")
-
-        yield progress
 
 
 def _render_derived(
@@ -763,7 +701,7 @@ def classify_cmd(
         ),
         tsv=not no_tsv,
     )
-    with _classify_progress(not as_json and not dry_run, "classify") as progress:
+    with progress_bar(not as_json and not dry_run, "classify") as progress:
         records = derive_classify(
             patches,
             out,
@@ -878,7 +816,7 @@ def select_cmd(
     """
     from bidspack.ops.derive.select import derive_select
 
-    with _classify_progress(not as_json and not dry_run, "select") as progress:
+    with progress_bar(not as_json and not dry_run, "select") as progress:
         records = derive_select(
             source,
             out,

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
-from bidspack.cli.base import json_option, map_errors, render
+from bidspack.cli.base import json_option, map_errors, progress_bar, render
 from bidspack.errors import PlanError
 
 #: Byte units of ``--budget`` (decimal and binary).
@@ -40,35 +38,6 @@ def parse_bytes(value: str) -> int:
             None, f"--budget must be a size such as 5GB, 500MiB or 1000000, not {value!r}"
         )
     return int(float(m.group(1)) * BYTE_UNITS[m.group(2).lower()])
-
-
-@contextlib.contextmanager
-def _progress_bar(wanted: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr when *wanted* and stderr is a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    try:
-        show = wanted and sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        show = False
-    if not show:
-        yield None
-        return
-    with Progress(
-        TextColumn("cubes"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("cubes", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, total=total, completed=done)
-
-        yield progress
 
 
 @click.command("sample", short_help="Random cubes from remote OME-Zarr/N5 up to a byte budget.")
@@ -177,7 +146,8 @@ def sample_cmd(
         ngff_version=ngff_version,
         options=options,
     )
-    with _progress_bar(not as_json) as progress:
+    with progress_bar(not as_json, "cubes") as bar:
+        progress = None if bar is None else (lambda done, total: bar("", done, total))
         counts = render(sample(plan, progress=progress), as_json=as_json, title="bidspack sample")
     if counts["error"]:
         sys.exit(1)
