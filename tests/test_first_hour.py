@@ -147,3 +147,21 @@ def test_rename_then_repackage_keeps_the_new_label(
     assert plan["parameters"]["renamed_subjects"] == {"45670ko": "45670KO"}
     log = run_bidspack("log", str(ds)).stdout
     assert "sub-45670ko -> sub-45670KO" in log
+
+
+def test_every_unreadable_image_is_named_at_once(tmp_path: Path) -> None:
+    """Two subjects, each with a broken image (a gap; a file that is not a TIFF):
+    planning names both in one error, writes nothing."""
+    c = Case(tmp_path)
+    (c.channel / "Z0001.tif").unlink()  # a gap in the first subject
+    other = c.sub / "210811_45671_wt_male_RH" / "488_STP"
+    other.mkdir(parents=True)
+    for z in range(2):
+        tifffile.imwrite(other / f"Z{z:04d}.tif", np.zeros((16, 20), np.uint16))
+    (other / "Z0002.tif").write_bytes(b"not a tiff at all")
+    c.assert_refused(
+        c.run("--dry-run"),
+        "2 images cannot be read",
+        "gap in slice indices",
+        "Z0002.tif: not a readable TIFF file",
+    )

@@ -25,7 +25,15 @@ from bidspack.bids import metadata
 from bidspack.bids.paths import micr_path
 from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text, write_text
-from bidspack.errors import BidspackError, OutputError, PlanError, SpecError, UnsafeInputError
+from bidspack.errors import (
+    BidspackError,
+    OutputError,
+    PlanError,
+    ResourceLimitError,
+    SourceError,
+    SpecError,
+    UnsafeInputError,
+)
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
 from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source, slice_index
@@ -276,7 +284,8 @@ def build_plan(
         PlanError: unmatched or colliding subject folders, unaccounted files,
             missing required channel folders, two outputs with one path.
         SourceError: an image folder is invalid (gaps, duplicate indices, mixed
-            shapes/dtypes, unreadable files).
+            shapes/dtypes, unreadable files); with several such images, one
+            ``PlanError`` lists every one of them.
         SpecError: voxel size missing or contradicting the files.
         UnsafeInputError: a channel folder that leads outside the submission.
     """
@@ -303,6 +312,7 @@ def build_plan(
         return None
 
     subjects, actions = _subjects(submission, spec, excluded, follow_symlinks, renames or {})
+    unreadable: list[BidspackError] = []
     followed: list[list[str]] = []
     out = spec.output
     converts: list[Action] = []
@@ -360,7 +370,11 @@ def build_plan(
                 if not image_files:
                     raise PlanError(submission / rel, "no TIFF image in this channel folder")
                 reader = "file" if (submission / rel).is_file() else "folder"
-                src = open_planned(submission, reader, image_files, ch.select)
+                try:
+                    src = open_planned(submission, reader, image_files, ch.select)
+                except (SourceError, ResourceLimitError) as exc:
+                    unreadable.append(exc)  # every unreadable image is named at once
+                    continue
                 voxel = _voxel_size(spec, ch, src, rel)
                 entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
                 if ch.type == "derivative" and ch.desc:
@@ -445,6 +459,14 @@ def build_plan(
                 f"{len(loose)} file(s) belong to no channel and no exclude: {shown}",
                 hint="list the folder as a channel, or exclude it with a reason",
             )
+    if len(unreadable) == 1:
+        raise unreadable[0]
+    if unreadable:
+        raise PlanError(
+            submission,
+            f"{len(unreadable)} images cannot be read:\n"
+            + "\n".join(f"  {exc.message}" for exc in unreadable),
+        )
     writes = _metadata_actions(spec, subjects, pipelines)
     plan_params: dict[str, Any] = {"spec": spec.source.name, "output": dict(out)}
     renamed = {k: v for k, v in (renames or {}).items() if v in {s.label for s in subjects}}
