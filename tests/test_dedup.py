@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
+import imagehash
 import numpy as np
+import PIL.Image as PIL_Image
 import pytest
+import tifffile
 
 from bidspack.ops.derive.dedup import (
     DedupResult,
@@ -21,12 +23,9 @@ from bidspack.ops.derive.dedup import (
     to_hex,
     vertical_first,
 )
+from conftest import REALDATA
 
-imagehash = pytest.importorskip("imagehash")
-PIL_Image = pytest.importorskip("PIL.Image")
-tifffile = pytest.importorskip("tifffile")
-
-SLICES = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "stp_mouse_brain" / "slices"
+SLICES = REALDATA / "stp_mouse_brain" / "slices"
 PILLOW_MAJOR = int(PIL_Image.__version__.split(".")[0])
 
 
@@ -48,8 +47,7 @@ def to_uint8(a: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def slices() -> list[np.ndarray]:
     files = sorted(SLICES.glob("*.tif"))
-    if not files:
-        pytest.skip(f"real data not found under {SLICES}")
+    assert files, f"real data not found under {SLICES} (set BIDSPACK_REALDATA)"
     return [to_uint8(tifffile.imread(files[i])) for i in range(60, len(files), 35)]
 
 

@@ -610,7 +610,8 @@ def test_select_materialises_subset_with_both_parents(
     assert desc["bidspack"]["parameters"]["query"] == query
     checked = list(verify(out))
     assert checked[-1].status == "ok", [c for c in checked if c.status == "error"]
-    PatchSet = pytest.importorskip("bidspack.training").PatchSet
+    from bidspack.training import PatchSet
+
     ps = PatchSet(out)
     assert len(ps) == len(rows) and np.array_equal(ps[3], mine[rows[3]["row"]])
     # a patch dataset as the source: its index (kept, reason as dedup_kept, dedup_reason)

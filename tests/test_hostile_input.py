@@ -539,7 +539,7 @@ def _data(ds: Path) -> dict[str, str]:
 
 # -- property-based: every planned path stays inside and is a BIDS name ------------
 
-hypothesis = pytest.importorskip("hypothesis")
+import hypothesis  # noqa: E402  (a test dependency)
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -649,3 +649,24 @@ def test_planned_paths_stay_inside_and_are_bids_names(
         accept_non_bids_dir=True,
     )
     assert result["path_tracking"] == [], result["path_tracking"]
+
+
+def test_draft_spec_does_not_follow_links(tmp_path: Path) -> None:
+    """draft-spec scans by lstat too: a slice-named link to a FIFO outside is never
+    opened (it would block), and the channel is described from its 3 real slices."""
+    c = Case(tmp_path)
+    fifo = c.sentinel.parent / "pipe"
+    os.mkfifo(fifo)
+    (c.channel / "Z0003.tif").symlink_to(fifo)
+    c.freeze()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bidspack", "draft-spec", str(c.sub)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "# 3 TIFF file(s), shape (z, y, x) (3, 16, 20)" in proc.stdout, proc.stdout
+    assert tree(c.sub) == c.before
+    fifo.unlink()

@@ -275,8 +275,9 @@ def test_transaction_methods_check_paths(dataset: Path, sentinel: Path) -> None:
 def datalad_ds(packaged_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DataLad copy of the packaged example (clean, releasable), shared by the
     release cases: each must leave it unchanged."""
-    if shutil.which("datalad") is None or shutil.which("git-annex") is None:
-        pytest.skip("datalad and git-annex are needed")
+    assert shutil.which("datalad") and shutil.which("git-annex"), (
+        "datalad and git-annex are dependencies of bidspack"
+    )
     ds = tmp_path_factory.mktemp("release") / "ds"
     shutil.copytree(packaged_run[0], ds)
     proc = run_bidspack("init", str(ds), "--datalad")

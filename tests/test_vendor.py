@@ -167,3 +167,22 @@ def test_plane_chunks_and_zeiss_reader_agree(tmp_path: Path, monkeypatch) -> Non
         zeiss = np.stack([f.read(plane={"Z": z, "C": 0, "T": 0})[..., 0] for z in range(10)])
     assert np.array_equal(got, zeiss) and np.array_equal(got, planes)
     assert np.array_equal(src.read_plane(7), planes[7])
+
+
+def test_what_a_selection_leaves_out_is_said(realdata: Path, tmp_path: Path) -> None:
+    """aggregate of the T3 C2 CZI writes one channel and time point and names the rest;
+    the Airyscan file's 32 detector phases (hidden by bioio) are named too."""
+    import json
+
+    from conftest import run_bidspack
+
+    czi = realdata / "czi" / "CellDivision_T3_Z5_CH2_X240_Y170.czi"
+    proc = run_bidspack("aggregate", str(czi), str(tmp_path / "o.ome.zarr"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    [rec] = [json.loads(x) for x in proc.stdout.splitlines() if '"aggregate"' in x]
+    assert rec["details"]["left_out"] == ["channel(s) LED470", "time point(s) 1, 2"]
+    assert rec["message"].endswith("; left out: channel(s) LED470; time point(s) 1, 2")
+    airy = realdata / "czi" / "LSM880_AiryScan.czi"
+    src = open_source(airy, channel=0)
+    assert src.left_out[-1].startswith("32 detector phases (Airyscan) (CZI dimension H")
+    assert src.left_out[0].startswith("channel(s) ChA-T2, ChA-T3")

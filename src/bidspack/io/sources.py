@@ -138,6 +138,9 @@ class ImageSource(ABC):
     path: Path
     files: tuple[Path, ...]
     info: StackInfo
+    #: what the file holds beyond this (z, y, x) selection (vendor files: other
+    #: channels, time points, scenes, hidden dimensions); empty when nothing is left
+    left_out: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -65,6 +65,40 @@ def _bioimage(path: Path) -> Any:
         ) from exc
 
 
+#: CZI dimensions that bioio does not expose (it reads one index of each): what each is.
+_HIDDEN_CZI_DIMS = {
+    "H": "detector phases (Airyscan)",
+    "I": "illuminations",
+    "R": "rotations",
+    "V": "views",
+    "B": "acquisition blocks",
+}
+
+
+def _hidden_dims(img: Any) -> list[str]:
+    """Dimensions of the file that the bioio image does not expose, from the CZI
+    metadata's ``Information/Image/Size*`` (``[]`` for other formats)."""
+    try:
+        md = img.metadata
+        image = md.find(".//Information/Image") if hasattr(md, "find") else None
+    except Exception:  # metadata of other plugins: nothing to report
+        return []
+    out = []
+    for dim, what in _HIDDEN_CZI_DIMS.items():
+        el = None if image is None else image.find(f"Size{dim}")
+        size = int(el.text) if el is not None and (el.text or "").strip().isdigit() else 1
+        if size > 1:
+            out.append(f"{size} {what} (CZI dimension {dim}; bioio reads one, not selectable)")
+    return out
+
+
+def _indices(values: list[int]) -> str:
+    """``1, 2`` or ``1-29`` for a run of indices."""
+    if len(values) > 3 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values))
+
+
 class VendorImage(ImageSource):
     """One scene / channel / time point of a vendor file, ``(z, y, x)``.
 
@@ -77,6 +111,10 @@ class VendorImage(ImageSource):
     Raises:
         SourceError: no plugin reads the file, the plugin fails on it, the scene /
             channel / time point does not exist, or the image has RGB samples.
+
+    ``left_out`` names what the file holds beyond the selection (other channels, time
+    points and scenes; dimensions bioio does not expose, such as Airyscan phases), so
+    that nothing is dropped without a word.
     """
 
     def __init__(
@@ -108,6 +146,15 @@ class VendorImage(ImageSource):
             raise SourceError(self.path, f"channel {channel} does not exist ({dims.C} channel(s))")
         if not 0 <= time < dims.T:
             raise SourceError(self.path, f"time point {time} does not exist ({dims.T})")
+        left: list[str] = []
+        if dims.C > 1:
+            others = [names[i] if i < len(names) else str(i) for i in range(dims.C) if i != channel]
+            left.append("channel(s) " + ", ".join(others))
+        if dims.T > 1:
+            left.append("time point(s) " + _indices([t for t in range(dims.T) if t != time]))
+        if len(img.scenes) > 1:
+            left.append(f"{len(img.scenes) - 1} other scene(s)")
+        self.left_out = (*left, *_hidden_dims(img))
         self.scene = str(img.current_scene)
         self.channel = channel
         self.channel_name = names[channel] if channel < len(names) else None

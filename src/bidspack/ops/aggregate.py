@@ -83,6 +83,7 @@ class AggregatePlan:
             "image": self.kind,
             "labels": {n: str(s.path) for n, s in self.labels.items()},
             "origin_zyx_um": list(self.origin_um) if self.origin_um else None,
+            "left_out": list(self.source.left_out),
         }
 
 
@@ -272,6 +273,7 @@ def aggregate(
         "aggregate",
         str(out),
         "ok",
-        f"{len(plan.source.files)} file(s) {shape} {plan.source.dtype} -> {what}",
+        f"{len(plan.source.files)} file(s) {shape} {plan.source.dtype} -> {what}"
+        + (f"; left out: {'; '.join(plan.source.left_out)}" if plan.source.left_out else ""),
         {**plan.describe(), **details},
     )

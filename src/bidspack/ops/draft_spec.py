@@ -43,8 +43,9 @@ import tifffile
 from bidspack.bids.schema import micr_rule, sanitize_label
 from bidspack.errors import BidspackError, PlanError
 from bidspack.io.sources import UNIT_TO_UM, ImageSource, is_tiff, open_files, open_source
-from bidspack.io.tree import JUNK  # listed in the draft, never proposed as channels
+from bidspack.io.tree import JUNK, scan  # JUNK: listed in the draft, never a channel
 from bidspack.records import Record
+from bidspack.safety import entry_kind
 
 #: File suffixes read through bioio as vendor images (with the matching plugin).
 VENDOR_SUFFIXES = (
@@ -386,10 +387,9 @@ def _scan_folder(sub: Path, folder: str, entry: _Entry, junk: list[str], root: P
     """Describe a channel folder: its TIFF image (if any) and its other files."""
     base = sub / folder
     tiffs: list[Path] = []
-    for p in sorted(base.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(root).as_posix()
+    # by lstat (bidspack.io.tree): links, FIFOs and sockets are not followed or read
+    for rel in scan(root, base.relative_to(root).as_posix()).files:
+        p = root / rel
         if JUNK.match(p.name):
             junk.append(rel)
         elif p.parent == base and is_tiff(p):
@@ -607,11 +607,7 @@ def draft_spec(submission: Path) -> tuple[str, list[Record]]:
     subject_dirs: list[Path] = []
     for p in sorted(submission.iterdir(), key=lambda p: p.name):
         if JUNK.match(p.name):
-            junk.extend(
-                [p.name]
-                if not p.is_dir()
-                else [f.relative_to(submission).as_posix() for f in p.rglob("*") if f.is_file()]
-            )
+            junk.extend([p.name] if not p.is_dir() else scan(submission, p.name).files)
         elif p.is_dir() and not p.is_symlink() and not p.name.startswith("."):
             subject_dirs.append(p)
         else:
@@ -631,11 +627,7 @@ def draft_spec(submission: Path) -> tuple[str, list[Record]]:
         for p in sorted(d.iterdir(), key=lambda p: p.name):
             rel = p.relative_to(submission).as_posix()
             if JUNK.match(p.name):
-                junk.extend(
-                    [rel]
-                    if p.is_file()
-                    else [f.relative_to(submission).as_posix() for f in p.rglob("*") if f.is_file()]
-                )
+                junk.extend([rel] if p.is_file() else scan(submission, rel).files)
                 continue
             name = p.name
             is_image = p.is_dir() or is_tiff(p) or p.suffix.lower() in VENDOR_SUFFIXES
@@ -664,9 +656,8 @@ def draft_spec(submission: Path) -> tuple[str, list[Record]]:
             entries[name] = found
             order.append(name)
         # junk deeper inside folders already scanned for another subject
-        for p in d.rglob("*"):
-            rel = p.relative_to(submission).as_posix()
-            if p.is_file() and JUNK.match(p.name) and rel not in junk:
+        for rel in scan(submission, d.name).files:
+            if JUNK.match(rel.rsplit("/", 1)[-1]) and rel not in junk:
                 junk.append(rel)
     channels = [e for name in order for e in entries[name]]
     _name_entries(channels)
@@ -715,7 +706,9 @@ def draft_spec(submission: Path) -> tuple[str, list[Record]]:
 def _count(p: Path) -> int:
     if p.is_file():
         return 1
-    return sum(1 for f in p.iterdir() if f.is_file() and is_tiff(f) and not JUNK.match(f.name))
+    return sum(
+        1 for f in p.iterdir() if entry_kind(f) == "file" and is_tiff(f) and not JUNK.match(f.name)
+    )
 
 
 def _channel_record(e: _Entry) -> Record:

@@ -285,7 +285,7 @@ def build_plan(
             missing required channel folders, two outputs with one path.
         SourceError: an image folder is invalid (gaps, duplicate indices, mixed
             shapes/dtypes, unreadable files); with several such images, one
-            ``PlanError`` lists every one of them.
+            error lists every one of them.
         SpecError: voxel size missing or contradicting the files.
         UnsafeInputError: a channel folder that leads outside the submission.
     """
@@ -396,6 +396,8 @@ def build_plan(
                 }
                 if ch.select:
                     common["select"] = dict(ch.select)
+                if src.left_out:  # said in the plan and the run, never dropped silently
+                    common["left_out"] = list(src.left_out)
                 for fmt in out["formats"]:
                     if fmt == "ome-zarr":
                         target = stem + ".ome.zarr"
@@ -462,7 +464,8 @@ def build_plan(
     if len(unreadable) == 1:
         raise unreadable[0]
     if unreadable:
-        raise PlanError(
+        same = SourceError if all(isinstance(e, SourceError) for e in unreadable) else PlanError
+        raise same(
             submission,
             f"{len(unreadable)} images cannot be read:\n"
             + "\n".join(f"  {exc.message}" for exc in unreadable),
@@ -993,7 +996,8 @@ def _stage(
                 "convert",
                 action.target,
                 "ok",
-                f"{len(files)} file(s) -> {kind} {tuple(src.shape)} {src.dtype}",
+                f"{len(files)} file(s) -> {kind} {tuple(src.shape)} {src.dtype}"
+                + (f"; left out: {'; '.join(p['left_out'])}" if p.get("left_out") else ""),
                 {
                     "pixel_hash": digest,
                     "levels": levels,
@@ -1040,6 +1044,8 @@ def _planned_record(a: Action) -> Record:
         msg = f"{_describe_inputs(info)} -> {fmt} {shape} {p.get('dtype', '')}".rstrip()
         for lb in p.get("labels", []):
             msg += f"; label {lb['name']}: {_describe_inputs(_inputs_of(lb['sources']))}"
+        if p.get("left_out"):
+            msg += f"; left out: {'; '.join(p['left_out'])}"
         return Record("convert", a.target or "", "planned", msg, details)
     if a.kind == "copy":
         return Record("copy", a.target or "", "planned", f"from {a.sources[0]}", details)
