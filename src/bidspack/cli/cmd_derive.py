@@ -61,6 +61,24 @@ def image_selection(func: F) -> F:
     return func
 
 
+def run_options(func: F) -> F:
+    """``--no-validate`` and ``--no-recover``: every derive verb that writes a dataset."""
+    func = click.option(
+        "--no-recover",
+        is_flag=True,
+        help="Refuse to run if an interrupted run left unfinished transactions.",
+    )(func)
+    return click.option("--no-validate", is_flag=True, help="Skip the final validation.")(func)
+
+
+datalad_option = click.option(
+    "--datalad",
+    is_flag=True,
+    help="YODA layout: OUT a DataLad dataset, SOURCE (a clean DataLad/git dataset) "
+    "installed at OUT/sourcedata/<name>, each step saved with a run record.",
+)
+
+
 def _planes(value: tuple[str, ...]) -> tuple[str, ...]:
     """``--planes xy,xz --planes yz`` or ``--planes 'xy xz'`` -> ``("xy", "xz", "yz")``."""
     return tuple(p for v in value for p in v.replace(",", " ").split())
@@ -120,18 +138,8 @@ def _planes(value: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the greedy order.")
 @click.option("--no-tsv", is_flag=True, help="Write index.parquet only (no index.tsv copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (images, planes, patch counts).")
-@click.option("--no-validate", is_flag=True, help="Skip the final validation.")
-@click.option(
-    "--no-recover",
-    is_flag=True,
-    help="Refuse to run if an interrupted run left unfinished transactions.",
-)
-@click.option(
-    "--datalad",
-    is_flag=True,
-    help="YODA layout: OUT a DataLad dataset, SOURCE (a clean DataLad/git dataset) "
-    "installed at OUT/sourcedata/<name>, each step saved with a run record.",
-)
+@run_options
+@datalad_option
 @json_option
 @map_errors
 def patches_cmd(
@@ -438,18 +446,8 @@ def _crops_triple(value: str | None, option: str, *, integer: bool = False) -> t
 @image_selection
 @click.option("--no-tsv", is_flag=True, help="Write crops.parquet only (no crops.tsv copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (crops, boxes); write nothing.")
-@click.option("--no-validate", is_flag=True, help="Skip the final validation.")
-@click.option(
-    "--no-recover",
-    is_flag=True,
-    help="Refuse to run if an interrupted run left unfinished transactions.",
-)
-@click.option(
-    "--datalad",
-    is_flag=True,
-    help="YODA layout: OUT a DataLad dataset, SOURCE (a clean DataLad/git dataset) "
-    "installed at OUT/sourcedata/<name>, each step saved with a run record.",
-)
+@run_options
+@datalad_option
 @json_option
 @map_errors
 def crops_cmd(
@@ -647,12 +645,7 @@ def _render_derived(
 )
 @click.option("--no-tsv", is_flag=True, help="Write classification.parquet only (no TSV copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (arrays, batches, model).")
-@click.option("--no-validate", is_flag=True, help="Skip the final validation.")
-@click.option(
-    "--no-recover",
-    is_flag=True,
-    help="Refuse to run if an interrupted run left unfinished transactions.",
-)
+@run_options
 @json_option
 @map_errors
 def classify_cmd(
@@ -791,12 +784,7 @@ def train_classifier_cmd(
 )
 @click.option("--no-tsv", is_flag=True, help="Write index.parquet only (no TSV copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (patches per array).")
-@click.option("--no-validate", is_flag=True, help="Skip the final validation.")
-@click.option(
-    "--no-recover",
-    is_flag=True,
-    help="Refuse to run if an interrupted run left unfinished transactions.",
-)
+@run_options
 @json_option
 @map_errors
 def select_cmd(
