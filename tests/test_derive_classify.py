@@ -47,45 +47,17 @@ from bidspack.ops.derive.models import (
 )
 from bidspack.ops.derive.patches import PatchParams, derive_patches
 from bidspack.ops.derive.select import derive_select, evaluate_query, parse_query
-from bidspack.ops.package import package
 from bidspack.ops.verify import verify
-from bidspack.spec import load_schema, load_spec
-from conftest import run_bidspack, snapshot
+from bidspack.spec import load_schema
+from conftest import run_bidspack
+from test_derive_patches import STP_SPEC, _data_state, _package
 
-STP_SPEC = """
-spec_version = 1
-[dataset]
-Name = "Serial two-photon mouse brain (brainreg test data)"
-Authors = ["BrainGlobe"]
-License = "BSD-3-Clause"
-[subjects]
-pattern = '(?P<name>stp_mouse_brain)'
-label = "{name}"
-sample = "brain"
-[[channels]]
-folder = "slices"
-suffix = "2PE"
-voxel_size = { z = 50, y = 40, x = 40 }
-voxel_unit = "um"
-[[exclude]]
-path = "stp_mouse_brain/*.tiff"
-reason = "registration outputs"
-[[exclude]]
-path = "czi"
-reason = "other test data"
-[[exclude]]
-path = "ometiff"
-reason = "other test data"
-[[exclude]]
-path = "omexml"
-reason = "metadata samples only"
-[[exclude]]
-path = "swc"
-reason = "tracings, not images"
-[[exclude]]
-path = "README.md"
-reason = "the data README"
-"""
+
+@pytest.fixture(scope="module")
+def stp(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real STP stack packaged (OME-TIFF), read-only."""
+    return _package(realdata, STP_SPEC, tmp_path_factory.mktemp("stp"), "ds")
+
 
 SRC = "sub-stpmousebrain/micr/sub-stpmousebrain_sample-brain_2PE.ome.tif"
 STEM = "sub-stpmousebrain_sample-brain_2PE_plane-xy"
@@ -99,33 +71,12 @@ def _cli(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
 
 
-def _data_state(root: Path) -> dict[str, str]:
-    """sha256 of every file but bidspack's state and the provenance records."""
-    return {
-        k: v
-        for k, v in snapshot(root).items()
-        if not k.startswith((".bidspack/", "code/bidspack/provenance/"))
-    }
-
-
 def _table(out: Path, name: str = "classification.parquet") -> list[dict]:
     return pq.read_table(out / name).to_pylist()
 
 
 def _validation_errors(recs: list) -> list:
     return [r for r in recs if r.action == "validate" and r.status == "error"]
-
-
-@pytest.fixture(scope="module")
-def stp(realdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real STP stack packaged (OME-TIFF), read-only."""
-    root = tmp_path_factory.mktemp("stp")
-    spec = root / "stp.toml"
-    spec.write_text(STP_SPEC, encoding="utf-8")
-    ds = root / "ds"
-    recs = list(package(realdata, ds, load_spec(spec), validate=False))
-    assert not _errors(recs), _errors(recs)
-    return ds
 
 
 @pytest.fixture(scope="module")

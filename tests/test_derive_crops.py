@@ -39,7 +39,8 @@ from bidspack.ops.derive.source import open_image
 from bidspack.ops.package import package
 from bidspack.ops.validate import validate_dataset
 from bidspack.spec import load_schema, load_spec
-from conftest import REALDATA, run_bidspack, snapshot
+from conftest import REALDATA, run_bidspack
+from test_derive_patches import _data_state
 
 SWC_DIR = REALDATA / "swc"
 NEUROMORPHO = SWC_DIR / "EBT7R.CNG.swc.txt"
@@ -167,14 +168,6 @@ def _rows(out: Path) -> list[dict]:
 
 def _errors(recs: list) -> list:
     return [r for r in recs if r.status == "error"]
-
-
-def _data_state(root: Path) -> dict[str, str]:
-    return {
-        k: v
-        for k, v in snapshot(root).items()
-        if not k.startswith((".bidspack/", "code/bidspack/provenance/"))
-    }
 
 
 def _segments_zyx(pt) -> tuple[np.ndarray, np.ndarray]:
