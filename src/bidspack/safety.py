@@ -17,7 +17,6 @@ with a :class:`~bidspack.errors.UnsafeInputError` naming the file or key:
   conversion, no format spec).
 - **Names written to tables**: :func:`check_text_field` refuses tabs, newlines and other
   control characters that cannot be written to a TSV cell or a file name.
-- **Numbers**: :func:`check_positive_finite`.
 - **Messages**: :func:`escape` makes user data inert in rich markup.
 
 Limits are module constants, documented in ``docs/hostile-input.md``.
@@ -25,12 +24,11 @@ Limits are module constants, documented in ``docs/hostile-input.md``.
 
 from __future__ import annotations
 
-import math
 import os
 import stat
 import string
 from collections.abc import Iterable, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bidspack.errors import UnsafeInputError
@@ -285,30 +283,8 @@ def check_text_field(value: str, *, what: str, origin: str | Path | None = None)
     return value
 
 
-def check_positive_finite(
-    values: Iterable[float], *, what: str, origin: str | Path | None = None
-) -> tuple[float, ...]:
-    """Every value a finite number > 0 (voxel sizes); returned as floats.
-
-    Raises:
-        UnsafeInputError: a value is NaN, infinite, zero or negative.
-    """
-    out = []
-    for v in values:
-        f = float(v)
-        if not math.isfinite(f) or f <= 0:
-            raise UnsafeInputError(origin, f"{what}: {v!r} is not a finite number > 0")
-        out.append(f)
-    return tuple(out)
-
-
 def escape(text: object) -> str:
     """*text* made inert for rich markup (``[/b]`` in a file name prints as is)."""
     from rich.markup import escape as rich_escape
 
     return rich_escape(str(text))
-
-
-def posix(path: PurePosixPath | str) -> str:
-    """A path as a POSIX string."""
-    return PurePosixPath(path).as_posix()
