@@ -22,7 +22,7 @@ import jsonschema
 import yaml
 
 from bidspack.errors import BidspackError, SpecError, UnsafeInputError
-from bidspack.io.sources import UNIT_TO_UM
+from bidspack.io.voxels import to_um
 from bidspack.safety import (
     Matcher,
     check_relpath,
@@ -72,7 +72,8 @@ class Column:
 class Channel:
     """One channel folder entry of the spec (see the schema for field meanings).
 
-    ``voxel_size_um`` is ``(z, y, x)`` in micrometres, or ``None``. ``labels_of`` is the
+    ``voxel_size_um`` is ``(z, y, x)`` in micrometres (``None`` for an axis the spec
+    leaves to the file), or ``None``. ``labels_of`` is the
     folder of the intensity channel whose OME-Zarr gets this label image as NGFF label
     ``label_name``; ``select`` the scene/channel/time of a vendor file.
     """
@@ -85,7 +86,7 @@ class Channel:
     suffix: str
     entities: dict[str, str]
     image: str
-    voxel_size_um: tuple[float, float, float] | None
+    voxel_size_um: tuple[float | None, float | None, float | None] | None
     required: bool
     sidecar: dict[str, Any]
     extras: str
@@ -453,13 +454,18 @@ def _build(path: Path, doc: dict[str, Any], text: str, fail: Any) -> PackagingSp
         vs = ch.get("voxel_size")
         voxel = None
         if vs is not None:
-            f = UNIT_TO_UM[ch.get("voxel_unit", "um")]
+            unit = ch.get("voxel_unit", "um")
+            per_axis: list[float | None] = []
             for axis in ("z", "y", "x"):
+                if axis not in vs:
+                    per_axis.append(None)
+                    continue
                 if not math.isfinite(vs[axis]):
                     raise fail(
                         ["channels", i, "voxel_size", axis], f"{vs[axis]} is not a finite number"
                     )
-            voxel = (vs["z"] * f, vs["y"] * f, vs["x"] * f)
+                per_axis.append(to_um(vs[axis], unit))
+            voxel = (per_axis[0], per_axis[1], per_axis[2])
         for ent in ch.get("entities", {}):
             if ent in ("sub", "subject", "sample", "desc", "description"):
                 raise fail(["channels", i, "entities", ent], f"entity {ent!r} is set by bidspack")

@@ -70,11 +70,53 @@ def derivative_description(
     return json_text(out)
 
 
-def micr_sidecar(voxel_size_zyx_um: tuple[float, float, float], *extra: Mapping[str, Any]) -> str:
-    """Microscopy JSON sidecar: ``PixelSize`` ``[x, y, z]`` in ``um`` plus *extra* fields
-    (later mappings win). BIDS orders PixelSize X, Y, Z."""
+#: Microscopy sidecar fields (BIDS 1.10 microscopy, "Microscopy-specific fields" and
+#: hardware fields) bidspack fills from a source file's acquisition metadata
+#: (``ImageSource.instrument``: OME-XML ``Instrument``/``Objective``, the CZI XML).
+SIDECAR_FROM_FILE = (
+    "Manufacturer",
+    "ManufacturersModelName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+    "NumericalAperture",
+    "Magnification",
+    "Immersion",
+)
+
+#: Keys of a source's ``instrument`` that go to the output OME-XML
+#: (:func:`bidspack.io.omexml.build_omexml`) but have no microscopy sidecar field.
+OMEXML_ONLY = ("ChannelName", "ExcitationWavelength", "EmissionWavelength")
+
+
+def omexml_metadata(instrument: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The part of a source's ``instrument`` mapping the output OME-XML carries:
+    microscope, objective and this image's channel (name, excitation/emission
+    wavelengths in nm). Per-channel lists (``ChannelNames``, ``ExcitationWavelengths``,
+    ``EmissionWavelengths``) of a source holding one channel become single values;
+    values ``None`` are dropped."""
+    if not instrument:
+        return {}
+    out: dict[str, Any] = {}
+    for key in (*SIDECAR_FROM_FILE, *OMEXML_ONLY):
+        value = instrument.get(key)
+        if value is None:
+            plural = instrument.get(key + "s")
+            if isinstance(plural, list | tuple) and len(plural) == 1:
+                value = plural[0]
+        if value is not None and value != "":
+            out[key] = value
+    return out
+
+
+def micr_sidecar(
+    voxel_size_zyx_um: tuple[float | None, float, float], *extra: Mapping[str, Any]
+) -> str:
+    """Microscopy JSON sidecar: ``PixelSize`` ``[x, y, z]`` in ``um`` (``[x, y]`` for a 2D
+    image, whose Z is ``None``) plus *extra* fields (later mappings win). BIDS
+    microscopy orders PixelSize X, Y, Z and allows 2 or 3 values."""
     z, y, x = voxel_size_zyx_um
-    out: dict[str, Any] = {"PixelSize": [_num(x), _num(y), _num(z)], "PixelSizeUnits": "um"}
+    size = [_num(x), _num(y)] + ([] if z is None else [_num(z)])
+    out: dict[str, Any] = {"PixelSize": size, "PixelSizeUnits": "um"}
     for fields in extra:
         out.update(fields)
     return json_text(out)

@@ -10,6 +10,7 @@ import click
 from bidspack.cli.base import json_option, map_errors, render
 from bidspack.errors import PlanError
 from bidspack.io.sources import UNIT_TO_UM
+from bidspack.io.voxels import VoxelSizeError, to_um
 
 
 def _triple(value: str | None, what: str, cast: type) -> tuple | None:
@@ -26,12 +27,37 @@ def _triple(value: str | None, what: str, cast: type) -> tuple | None:
 
 
 def _micrometres(value: str | None, what: str, unit: str) -> tuple[float, float, float] | None:
-    """``"4,1.8,1.8"`` in *unit* -> ``(z, y, x)`` in micrometres; ``None`` stays ``None``."""
+    """``"4,1.8,1.8"`` in *unit* -> ``(z, y, x)`` in micrometres (exact decimal
+    conversion); ``None`` stays ``None``."""
     zyx = _triple(value, what, float)
     if zyx is None:
         return None
-    f = UNIT_TO_UM[unit]
-    return (zyx[0] * f, zyx[1] * f, zyx[2] * f)
+    return (to_um(zyx[0], unit), to_um(zyx[1], unit), to_um(zyx[2], unit))
+
+
+def _voxel_sizes(
+    value: str | None, unit: str
+) -> tuple[float | None, float | None, float | None] | None:
+    """``--voxel-size``: ``Z,Y,X`` (an empty or ``-`` entry leaves that axis to the
+    file, e.g. ``4,,`` gives Z only) or ``Y,X`` (a 2D image), in *unit*, as ``(z, y, x)``
+    micrometres with ``None`` for axes not given."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) == 2:
+        parts = ["", *parts]
+    if len(parts) != 3 or all(p in ("", "-") for p in parts):
+        raise PlanError(None, f"--voxel-size must be Z,Y,X or Y,X numbers, not {value!r}")
+    out: list[float | None] = []
+    for p in parts:
+        if p in ("", "-"):
+            out.append(None)
+            continue
+        try:
+            out.append(to_um(float(p), unit))
+        except (ValueError, VoxelSizeError):
+            raise PlanError(None, f"--voxel-size: {p!r} is not a number") from None
+    return (out[0], out[1], out[2])
 
 
 def _index_or_name(value: str | None) -> int | str | None:
@@ -54,7 +80,17 @@ def _label_images(values: tuple[str, ...]) -> dict[str, Path]:
 @click.command("aggregate", short_help="One stack (slices, TIFF, CZI) to OME-Zarr or OME-TIFF.")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--voxel-size", metavar="Z,Y,X", help="Voxel size when the files carry none.")
+@click.option(
+    "--voxel-size",
+    metavar="Z,Y,X",
+    help="Voxel size of the axes the files do not carry (Z,Y,X; an empty entry leaves an "
+    "axis to the file; Y,X for a 2D image). A value contradicting the file is an error.",
+)
+@click.option(
+    "--override-voxel-size",
+    is_flag=True,
+    help="Let --voxel-size replace sizes the file carries (recorded in the output record).",
+)
 @click.option(
     "--unit",
     type=click.Choice(sorted(UNIT_TO_UM)),
@@ -103,6 +139,7 @@ def aggregate_cmd(
     source: Path,
     out: Path,
     voxel_size: str | None,
+    override_voxel_size: bool,
     origin: str | None,
     unit: str,
     is_label: bool,
@@ -127,12 +164,13 @@ def aggregate_cmd(
     """
     from bidspack.ops.aggregate import aggregate, plan_aggregate
 
-    voxel = _micrometres(voxel_size, "--voxel-size", unit)
+    voxel = _voxel_sizes(voxel_size, unit)
     origin_um = _micrometres(origin, "--origin", unit)
     plan = plan_aggregate(
         source,
         out,
         voxel_size_um=voxel,
+        override_voxel_size=override_voxel_size,
         kind="label" if is_label else "intensity",
         name=name,
         labels=_label_images(label_images),

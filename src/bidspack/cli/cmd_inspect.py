@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -11,8 +12,8 @@ import click
 from bidspack.cli.base import make_console, map_errors, plain
 
 
-def _fmt(values: list[float] | None) -> str:
-    return "" if not values else ", ".join(f"{v:.6g}" for v in values)
+def _fmt(values: Sequence[float | None] | None) -> str:
+    return "" if not values else ", ".join("-" if v is None else f"{v:.6g}" for v in values)
 
 
 @click.command("inspect", short_help="List the image sources under paths (metadata only).")

@@ -310,6 +310,12 @@ def report_records(
     "by default links are listed as refused and never read.",
 )
 @click.option(
+    "--override-voxel-size",
+    is_flag=True,
+    help="Let the spec's voxel_size replace physical sizes the files carry when they "
+    "differ (recorded in the plan and provenance); without it a difference is an error.",
+)
+@click.option(
     "-v",
     "--verbose",
     is_flag=True,
@@ -330,6 +336,7 @@ def package_cmd(
     workers: int | None,
     scheduler: str | None,
     follow_symlinks: bool,
+    override_voxel_size: bool,
     verbose: bool,
     as_json: bool,
 ) -> None:
@@ -364,6 +371,7 @@ def package_cmd(
             ".",
             "--spec",
             os.path.relpath(spec_path.absolute(), ds_abs),
+            *(["--override-voxel-size"] if override_voxel_size else []),
         ]
     )
     show = not as_json and not dry_run and sys.stderr.isatty()
@@ -401,6 +409,7 @@ def package_cmd(
             only=steps,
             dask=Execution(workers=workers, scheduler=scheduler),
             follow_symlinks=follow_symlinks,
+            override_voxel_size=override_voxel_size,
         )
         if as_json:
             counts = render(records, as_json=True, title="bidspack package")

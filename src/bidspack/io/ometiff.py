@@ -27,10 +27,10 @@ over the source, then appended to the TIFF level by level.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tifffile
@@ -142,10 +142,11 @@ def write_ome_tiff(
     path: Path,
     source: ImageSource,
     *,
-    physical_size_zyx_um: tuple[float, float, float],
+    physical_size_zyx_um: tuple[float | None, float, float],
     name: str,
     kind: ImageKind = "intensity",
     channel_name: str | None = None,
+    instrument: Mapping[str, Any] | None = None,
     compression: Compression = "zlib",
     compression_level: int | None = 6,
     tile: int = DEFAULT_TILE,
@@ -160,10 +161,13 @@ def write_ome_tiff(
     Args:
         path: output file (``.ome.tif`` or ``.ome.btf``; see :func:`ome_tiff_extension`).
         source: the image, read plane by plane.
-        physical_size_zyx_um: voxel size in micrometres, ``(z, y, x)``.
+        physical_size_zyx_um: voxel size in micrometres, ``(z, y, x)``; ``z`` ``None``
+            for a 2D image (no ``PhysicalSizeZ``).
         name: OME ``Image`` name.
         kind: ``"intensity"`` (mean downsampling) or ``"label"`` (nearest).
         channel_name: optional OME ``Channel`` name.
+        instrument: acquisition metadata for the OME-XML ``Instrument`` and ``Channel``
+            (see :func:`bidspack.io.omexml.build_omexml`).
         compression: ``"zlib"`` (Adobe deflate), ``"lzw"`` or ``"none"``.
         compression_level: zlib level (1 fast .. 9 small).
         tile: tile side in pixels (multiple of 16).
@@ -197,6 +201,7 @@ def write_ome_tiff(
         physical_size_zyx_um=physical_size_zyx_um,
         channel_name=channel_name,
         origin_zyx_um=origin_zyx_um or source.info.origin,
+        instrument=instrument,
     )
     xml = pad_description(xml)
     workdir.mkdir(parents=True, exist_ok=True)

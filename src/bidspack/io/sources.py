@@ -18,10 +18,11 @@ import os
 import re
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -118,12 +119,25 @@ class StackInfo:
             carry none (or only some axes).
         origin: ``(z, y, x)`` position in micrometres of the centre of the first voxel
             (OME-XML ``Plane`` positions in a length unit), or ``None``.
+        physical_axes: ``(z, y, x)`` micrometres per voxel axis by axis, ``None`` for an
+            axis the files do not carry (e.g. an OME-TIFF with PhysicalSizeX/Y and no
+            PhysicalSizeZ); ``None`` altogether: as *physical_size*.
     """
 
     shape: tuple[int, int, int]
     dtype: np.dtype
     physical_size: tuple[float, float, float] | None
     origin: tuple[float, float, float] | None = None
+    physical_axes: tuple[float | None, float | None, float | None] | None = None
+
+    def found_sizes(self) -> tuple[float | None, float | None, float | None]:
+        """``(z, y, x)`` micrometres the files carry, ``None`` per missing axis."""
+        if self.physical_axes is not None:
+            return self.physical_axes
+        if self.physical_size is not None:
+            z, y, x = self.physical_size
+            return (z, y, x)
+        return (None, None, None)
 
 
 class ImageSource(ABC):
@@ -141,6 +155,10 @@ class ImageSource(ABC):
     #: what the file holds beyond this (z, y, x) selection (vendor files: other
     #: channels, time points, scenes, hidden dimensions); empty when nothing is left
     left_out: tuple[str, ...] = ()
+    #: acquisition metadata the file carries, keyed by BIDS sidecar field names
+    #: (``Manufacturer``, ``NumericalAperture``, ...; see
+    #: :func:`bidspack.io.omexml.instrument_of`); empty when none
+    instrument: Mapping[str, Any] = MappingProxyType({})
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -345,12 +363,16 @@ class TiffStack(ImageSource):
             )
         if axes == "YX":
             shape = (1, *shape)
-        physical, origin = _ome_geometry(self.path)
+        axes_um, origin, self.instrument = _ome_geometry(self.path)
+        complete = None
+        if axes_um is not None and None not in axes_um:
+            complete = (float(axes_um[0] or 0), float(axes_um[1] or 0), float(axes_um[2] or 0))
         self.info = StackInfo(
             shape=(int(shape[0]), int(shape[1]), int(shape[2])),
             dtype=dtype,
-            physical_size=physical,
+            physical_size=complete,
             origin=origin,
+            physical_axes=axes_um,
         )
 
     def read_plane(self, z: int) -> np.ndarray:
@@ -382,9 +404,15 @@ class TiffStack(ImageSource):
 
 def _ome_geometry(
     path: Path,
-) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None]:
-    """Voxel size and origin (``(z, y, x)`` micrometres, each or ``None``) of the first
-    OME image of *path*, from its OME-XML (``PhysicalSize*``, ``Plane`` ``Position*``).
+) -> tuple[
+    tuple[float | None, float | None, float | None] | None,
+    tuple[float, float, float] | None,
+    dict[str, Any],
+]:
+    """Voxel sizes (``(z, y, x)`` micrometres, each axis or ``None``), origin
+    (``(z, y, x)`` or ``None``) and acquisition metadata
+    (:func:`~bidspack.io.omexml.instrument_of`) of the first OME image of *path*, from
+    its OME-XML (``PhysicalSize*``, ``Plane`` ``Position*``, ``Instrument``).
 
     Raises:
         SourceError: the OME-XML physical sizes are unusable.
@@ -393,13 +421,13 @@ def _ome_geometry(
         with tifffile.TiffFile(path) as tif:
             xml = tif.ome_metadata
     except Exception:
-        return None, None
+        return None, None, {}
     if not xml:
-        return None, None
-    from bidspack.io.omexml import origin_um, physical_size_um
+        return None, None, {}
+    from bidspack.io.omexml import instrument_of, origin_um, physical_sizes_um
 
     try:
-        return physical_size_um(xml), origin_um(xml)
+        return physical_sizes_um(xml), origin_um(xml), instrument_of(xml)
     except ValueError as exc:
         raise SourceError(path, f"OME-XML physical sizes unusable ({exc})") from exc
 

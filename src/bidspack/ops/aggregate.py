@@ -16,17 +16,18 @@ OUT is never replaced. What a killed run left beside OUT is removed by the next 
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bidspack.bids.metadata import omexml_metadata
 from bidspack.errors import OutputError, PlanError
 from bidspack.io.ometiff import Compression, write_ome_tiff
 from bidspack.io.omezarr import DEFAULT_VERSION, NGFF_VERSIONS, write_ome_zarr
 from bidspack.io.sources import ImageSource, open_source
+from bidspack.io.voxels import VoxelSize, VoxelSizeError, resolve_voxel_size, zarr_zyx
 from bidspack.records import Record
 from bidspack.safety import is_within
 from bidspack.txn.beside import remove_stale, staged_beside, work_prefix
@@ -48,23 +49,26 @@ class AggregatePlan:
         source: the opened image, ``(z, y, x)``.
         out: the output path.
         fmt: ``"ome-zarr"`` or ``"ome-tiff"``.
-        voxel_um: ``(z, y, x)`` voxel size in micrometres.
+        voxel_um: ``(z, y, x)`` voxel size in micrometres (``z`` ``None``: a 2D image).
         name: image name (multiscale / OME ``Image`` name).
         kind: ``"intensity"`` or ``"label"``.
         labels: NGFF label images (name -> opened source), OME-Zarr only.
         origin_um: ``(z, y, x)`` micrometres of the first voxel (OME-Zarr translation,
             OME-TIFF ``Plane`` position), given or from the source's OME-XML; ``None``:
             none.
+        voxel: the voxel size decision with the origin of each axis ("file", "spec")
+            and any override.
     """
 
     source: ImageSource
     out: Path
     fmt: str
-    voxel_um: tuple[float, float, float]
+    voxel_um: tuple[float | None, float, float]
     name: str
     kind: str
     labels: dict[str, ImageSource] = field(default_factory=dict)
     origin_um: tuple[float, float, float] | None = None
+    voxel: VoxelSize | None = None
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able details (paths as given)."""
@@ -80,6 +84,8 @@ class AggregatePlan:
             "shape_zyx": list(self.source.shape),
             "dtype": self.source.dtype.name,
             "voxel_size_zyx_um": list(self.voxel_um),
+            **(self.voxel.to_json() if self.voxel is not None else {}),
+            "instrument": omexml_metadata(self.source.instrument),
             "image": self.kind,
             "labels": {n: str(s.path) for n, s in self.labels.items()},
             "origin_zyx_um": list(self.origin_um) if self.origin_um else None,
@@ -104,7 +110,8 @@ def plan_aggregate(
     source: Path,
     out: Path,
     *,
-    voxel_size_um: tuple[float, float, float] | None = None,
+    voxel_size_um: tuple[float | None, float | None, float | None] | None = None,
+    override_voxel_size: bool = False,
     kind: str = "intensity",
     name: str | None = None,
     labels: Mapping[str, Path] | None = None,
@@ -115,9 +122,14 @@ def plan_aggregate(
 ) -> AggregatePlan:
     """Check everything :func:`aggregate` needs before writing anything.
 
+    The voxel size is decided axis by axis (:func:`bidspack.io.voxels.resolve_voxel_size`):
+    the file's values, *voxel_size_um* for axes the file lacks (``None`` entries: none
+    given), Z unset for a single-plane (2D) image; a given value that contradicts the
+    file's is an error unless *override_voxel_size*.
+
     Raises:
-        PlanError: unknown output format, no voxel size (neither given nor in the
-            OME-XML), a given voxel size contradicting the file's, labels for an OME-TIFF
+        PlanError: unknown output format, a voxel size axis neither given nor in the
+            file, a given voxel size contradicting the file's, labels for an OME-TIFF
             or a label image, a label image of another shape or non-integer pixels.
         OutputError: OUT exists, or lies inside the source folder.
         SourceError: SOURCE or a label image is not a readable slice folder, stack or
@@ -135,28 +147,18 @@ def plan_aggregate(
             hint="choose an output path outside the source",
         )
     src = open_source(Path(source), scene=scene, channel=channel, time=time)
-    found = src.info.physical_size
-    if voxel_size_um is None and found is None:
+    try:
+        voxel = resolve_voxel_size(
+            src.info.found_sizes(),
+            voxel_size_um,
+            src.shape,
+            override=override_voxel_size,
+            given_as="--voxel-size",
+        )
+    except VoxelSizeError as exc:
         raise PlanError(
-            src.path,
-            "the files carry no physical voxel size",
-            hint="give --voxel-size Z,Y,X (micrometres unless --unit says otherwise)",
-        )
-    if (
-        voxel_size_um is not None
-        and found is not None
-        and not all(
-            math.isclose(a, b, rel_tol=1e-6) for a, b in zip(voxel_size_um, found, strict=True)
-        )
-    ):
-        raise PlanError(
-            src.path,
-            f"--voxel-size {voxel_size_um} um (z, y, x) contradicts the file's metadata {found} um",
-        )
-    voxel = voxel_size_um or found
-    assert voxel is not None
-    if not all(math.isfinite(v) and v > 0 for v in voxel):
-        raise PlanError(src.path, f"voxel size {voxel} um must be positive")
+            src.path, str(exc), hint="--voxel-size Z,Y,X in micrometres unless --unit says"
+        ) from exc
     opened: dict[str, ImageSource] = {}
     for lname, lpath in (labels or {}).items():
         if fmt != "ome-zarr":
@@ -176,9 +178,7 @@ def plan_aggregate(
     if kind == "label" and src.dtype.kind not in "ui":
         raise PlanError(src.path, f"label image pixels are {src.dtype}, not integers")
     origin = origin_um or src.info.origin
-    return AggregatePlan(
-        src, out, fmt, (voxel[0], voxel[1], voxel[2]), name or stem, kind, opened, origin
-    )
+    return AggregatePlan(src, out, fmt, voxel.zyx_um, name or stem, kind, opened, origin, voxel)
 
 
 def aggregate(
@@ -220,7 +220,7 @@ def aggregate(
                 zres = write_ome_zarr(
                     partial,
                     plan.source,
-                    physical_size_zyx_um=plan.voxel_um,
+                    physical_size_zyx_um=zarr_zyx(plan.voxel_um),
                     name=plan.name,
                     kind="label" if plan.kind == "label" else "intensity",
                     version=str(ngff_version),
@@ -250,6 +250,7 @@ def aggregate(
                     physical_size_zyx_um=plan.voxel_um,
                     name=plan.name,
                     kind="label" if plan.kind == "label" else "intensity",
+                    instrument=omexml_metadata(plan.source.instrument),
                     compression=compression,
                     compression_level=compression_level,
                     tile=tile,

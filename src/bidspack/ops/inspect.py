@@ -75,7 +75,8 @@ class SourceEntry:
         axes: axis letters (``ZYX``, ``TCZYX`` ...).
         shape_zyx: the ``(z, y, x)`` image bidspack reads.
         dtype: pixel type.
-        physical_size_zyx_um: voxel size in µm, or ``None`` (none in the file).
+        physical_size_zyx_um: voxel size in µm, ``None`` per axis the file lacks (a 2D
+            image has no Z), or ``None`` (none in the file).
         unit: the file's length unit, or ``None``.
         translation_zyx_um: first voxel centre in µm, or ``None``.
         channels: channel names (or count, as ``""`` names).
@@ -91,7 +92,7 @@ class SourceEntry:
     axes: str
     shape_zyx: list[int]
     dtype: str
-    physical_size_zyx_um: list[float] | None
+    physical_size_zyx_um: list[float | None] | None
     unit: str | None
     translation_zyx_um: list[float] | None
     channels: list[str]
@@ -142,7 +143,8 @@ class Inventory:
 def _entry(
     src: Any, shown: str, *, role: str = "image", container: str | None = None
 ) -> SourceEntry:
-    phys = src.info.physical_size
+    found = src.info.found_sizes()
+    phys = list(found) if any(v is not None for v in found) else None
     org = src.info.origin
     names = list(getattr(src, "channel_names", ()) or ())
     if not names and getattr(src, "channel_name", None):
@@ -155,7 +157,7 @@ def _entry(
         axes=getattr(src, "axes", "ZYX"),
         shape_zyx=list(src.shape),
         dtype=src.dtype.name,
-        physical_size_zyx_um=list(phys) if phys else None,
+        physical_size_zyx_um=phys,
         unit=getattr(src, "unit", None) or ("µm" if phys else None),
         translation_zyx_um=list(org) if org else None,
         channels=names,

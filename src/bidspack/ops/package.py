@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bidspack.bids import metadata
+from bidspack.bids.metadata import SIDECAR_FROM_FILE, omexml_metadata
 from bidspack.bids.paths import micr_path
 from bidspack.bids.schema import is_valid_label, sanitize_label
 from bidspack.bids.tables import json_text, write_text
@@ -38,6 +39,7 @@ from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
 from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source, slice_index
 from bidspack.io.tree import JUNK_REASON, Scan, is_junk, refusal, scan
+from bidspack.io.voxels import VoxelSize, VoxelSizeError, resolve_voxel_size, zarr_zyx
 from bidspack.ops.session import (
     check_output,
     is_bidspack_dataset,
@@ -241,28 +243,52 @@ def _open_action_source(submission: Path, action: Action) -> ImageSource:
 
 
 def _voxel_size(
-    spec: PackagingSpec, ch: Channel, src: ImageSource, rel: str
-) -> tuple[float, float, float]:
-    given = ch.voxel_size_um
-    found = src.info.physical_size
-    if given is None and found is None:
+    spec: PackagingSpec, ch: Channel, src: ImageSource, rel: str, override: bool
+) -> VoxelSize:
+    """The voxel size of a channel image, axis by axis with origins
+    (:func:`bidspack.io.voxels.resolve_voxel_size`).
+
+    Raises:
+        SpecError: an axis neither the file nor the spec gives, a spec value that
+            contradicts the file's (without *override*), or a 2D image (no Z size)
+            for OME-TIFF output, which the BIDS validator rejects.
+    """
+    try:
+        voxel = resolve_voxel_size(
+            src.info.found_sizes(), ch.voxel_size_um, src.shape, override=override
+        )
+    except VoxelSizeError as exc:
+        raise SpecError(
+            spec.source, f"{rel}: {exc}", location=f"channels[{ch.index}].voxel_size"
+        ) from exc
+    if voxel.is_2d and "ome-tiff" in spec.output["formats"]:
         raise SpecError(
             spec.source,
-            f"{rel}: the files carry no physical voxel size; give voxel_size in the spec",
+            f"{rel}: a 2D image with no Z size cannot be an OME-TIFF of a valid BIDS "
+            "dataset: the BIDS validator's PIXEL_SIZE_INCONSISTENT check (schema "
+            "rules.checks.micr) needs PixelSize[2] and PhysicalSizeZ",
             location=f"channels[{ch.index}].voxel_size",
+            hint="give voxel_size.z (e.g. the section thickness), or write OME-Zarr only: "
+            '[output] formats = ["ome-zarr"] (a two-value PixelSize)',
         )
-    if given is None:
-        assert found is not None
-        return found
-    if found is not None and not all(
-        math.isclose(a, b, rel_tol=1e-6) for a, b in zip(given, found, strict=True)
-    ):
-        raise SpecError(
-            spec.source,
-            f"{rel}: voxel_size {given} um (z, y, x) contradicts the file's OME-XML {found} um",
-            location=f"channels[{ch.index}].voxel_size",
-        )
-    return given
+    return voxel
+
+
+def _file_metadata(
+    spec: PackagingSpec, ch: Channel, src: ImageSource
+) -> tuple[dict[str, Any], list[str]]:
+    """Sidecar fields the source file carries (``src.instrument``, BIDS field names) for
+    this channel image, and a warning per field whose spec value differs (the spec
+    wins; the warning names both values)."""
+    found = dict(src.instrument)
+    fields = {k: v for k, v in found.items() if k in SIDECAR_FROM_FILE and v not in (None, "")}
+    given = {**spec.raw.get("sidecar", {}), **ch.sidecar}
+    warnings = [
+        f"sidecar {k}: the spec says {given[k]!r}, the file {v!r} (the spec's value is used)"
+        for k, v in sorted(fields.items())
+        if k in given and given[k] != v
+    ]
+    return fields, warnings
 
 
 def build_plan(
@@ -271,6 +297,7 @@ def build_plan(
     *,
     follow_symlinks: bool = False,
     renames: dict[str, str] | None = None,
+    override_voxel_size: bool = False,
 ) -> Plan:
     """Scan *submission* (read-only) and plan every output of the dataset.
 
@@ -279,6 +306,12 @@ def build_plan(
     file or folder inside the submission are followed (listed in the plan parameters).
     *renames* (old participant label -> current label, from the dataset's
     :mod:`bidspack.provenance.renames`) maps folders to the labels the dataset uses now.
+    Voxel sizes are decided axis by axis (:func:`bidspack.io.voxels.resolve_voxel_size`)
+    and every value's origin ("file" or "spec") is kept in the convert actions'
+    ``voxel_size_origin``; *override_voxel_size* lets spec values replace
+    contradicting file values (recorded in ``voxel_size_overridden``). Sidecar fields
+    the source files carry (``instrument``) are filled in; spec values win, each
+    difference a ``metadata_warnings`` entry naming both values.
 
     Raises:
         PlanError: unmatched or colliding subject folders, unaccounted files,
@@ -286,7 +319,8 @@ def build_plan(
         SourceError: an image folder is invalid (gaps, duplicate indices, mixed
             shapes/dtypes, unreadable files); with several such images, one
             error lists every one of them.
-        SpecError: voxel size missing or contradicting the files.
+        SpecError: voxel size missing or contradicting the files (without
+            *override_voxel_size*).
         UnsafeInputError: a channel folder that leads outside the submission.
     """
     submission = Path(submission)
@@ -375,7 +409,8 @@ def build_plan(
                 except (SourceError, ResourceLimitError) as exc:
                     unreadable.append(exc)  # every unreadable image is named at once
                     continue
-                voxel = _voxel_size(spec, ch, src, rel)
+                voxel = _voxel_size(spec, ch, src, rel, override_voxel_size)
+                file_fields, meta_warnings = _file_metadata(spec, ch, src)
                 entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
                 if ch.type == "derivative" and ch.desc:
                     entities["description"] = ch.desc
@@ -388,7 +423,8 @@ def build_plan(
                 common: dict[str, Any] = {
                     "shape_zyx": list(src.shape),
                     "dtype": src.dtype.name,
-                    "voxel_size_zyx_um": list(voxel),
+                    "voxel_size_zyx_um": list(voxel.zyx_um),
+                    "voxel_size_origin": dict(voxel.origin),
                     "image": ch.image,
                     "name": PurePosixPath(stem).name,
                     "channel_name": ch.entities.get("stain"),
@@ -396,6 +432,13 @@ def build_plan(
                 }
                 if ch.select:
                     common["select"] = dict(ch.select)
+                if voxel.overridden:
+                    common["voxel_size_overridden"] = dict(voxel.overridden)
+                ome_meta = omexml_metadata(src.instrument)
+                if ome_meta:
+                    common["instrument"] = ome_meta
+                if meta_warnings:
+                    common["metadata_warnings"] = meta_warnings
                 if src.left_out:  # said in the plan and the run, never dropped silently
                     common["left_out"] = list(src.left_out)
                 for fmt in out["formats"]:
@@ -414,13 +457,15 @@ def build_plan(
                     claim(target, rel)
                     if fmt == "ome-zarr":
                         images[ch.folder] = _Image(
-                            rel, src.shape, voxel, src_rels, len(converts), reader
+                            rel, src.shape, voxel.zyx_um, src_rels, len(converts), reader
                         )
                     converts.append(Action("convert", target, src_rels, params, step=step))
                 if "ome-zarr" not in out["formats"]:
-                    images[ch.folder] = _Image(rel, src.shape, voxel, src_rels, None, reader)
+                    images[ch.folder] = _Image(rel, src.shape, voxel.zyx_um, src_rels, None, reader)
                 claim(stem + ".json", rel)
-                sidecar = metadata.micr_sidecar(voxel, spec.raw.get("sidecar", {}), ch.sidecar)
+                sidecar = metadata.micr_sidecar(
+                    voxel.zyx_um, file_fields, spec.raw.get("sidecar", {}), ch.sidecar
+                )
                 converts.append(Action("write", stem + ".json", (), step=step, content=sidecar))
             used = set(image_files)
             for f in kept:
@@ -478,6 +523,8 @@ def build_plan(
     if follow_symlinks:
         plan_params["follow_symlinks"] = True
         plan_params["followed_symlinks"] = followed
+    if override_voxel_size:  # the user's explicit choice, recorded with the plan
+        plan_params["override_voxel_size"] = True
     return Plan("package", plan_params, [*writes, *converts, *copies, *_merge_excludes(actions)])
 
 
@@ -488,7 +535,7 @@ class _Image:
 
     rel: str
     shape: tuple[int, int, int]
-    voxel_um: tuple[float, float, float]
+    voxel_um: tuple[float | None, float, float]
     sources: tuple[str, ...]
     zarr_action: int | None
     reader: str
@@ -515,7 +562,8 @@ def _attach_labels(
                 hint="NGFF labels have their image's shape; remove labels_of from the spec",
             )
         if not all(
-            math.isclose(a, b, rel_tol=1e-6)
+            (a is None and b is None)
+            or (a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6))
             for a, b in zip(label.voxel_um, image.voxel_um, strict=True)
         ):
             raise PlanError(
@@ -962,7 +1010,7 @@ def _stage(
                 zres = write_ome_zarr(
                     txn.stage_path(action.target),
                     src,
-                    physical_size_zyx_um=tuple(p["voxel_size_zyx_um"]),
+                    physical_size_zyx_um=zarr_zyx(p["voxel_size_zyx_um"]),
                     name=p["name"],
                     kind=p["image"],
                     version=p["ngff_version"],
@@ -983,6 +1031,7 @@ def _stage(
                     name=p["name"],
                     kind=p["image"],
                     channel_name=p.get("channel_name"),
+                    instrument=p.get("instrument"),
                     compression=p["compression"],
                     compression_level=p["compression_level"],
                     tile=p["tile"],
@@ -996,8 +1045,7 @@ def _stage(
                 "convert",
                 action.target,
                 "ok",
-                f"{len(files)} file(s) -> {kind} {tuple(src.shape)} {src.dtype}"
-                + (f"; left out: {'; '.join(p['left_out'])}" if p.get("left_out") else ""),
+                f"{len(files)} file(s) -> {kind} {tuple(src.shape)} {src.dtype}" + _notes(p),
                 {
                     "pixel_hash": digest,
                     "levels": levels,
@@ -1032,6 +1080,22 @@ def _describe_inputs(info: dict[str, Any]) -> str:
     return f"{info['files']} files in {where}{z}"
 
 
+def _notes(p: dict[str, Any]) -> str:
+    """What a convert action's message must say besides its inputs: a 2D image, voxel
+    sizes the spec overrode, sidecar values the spec replaced, and what a vendor file
+    holds beyond the image (never left out silently)."""
+    out = ""
+    if p.get("voxel_size_zyx_um") and p["voxel_size_zyx_um"][0] is None:
+        out += "; 2D image (PixelSize x, y; no Z size)"
+    for axis, (was, now) in sorted(p.get("voxel_size_overridden", {}).items()):
+        out += f"; voxel size {axis} {now} um overrides the file's {was} um"
+    for w in p.get("metadata_warnings", []):
+        out += f"; warning: {w}"
+    if p.get("left_out"):
+        out += f"; left out: {'; '.join(p['left_out'])}"
+    return out
+
+
 def _planned_record(a: Action) -> Record:
     """The dry-run record of one action (see :func:`package`)."""
     details = a.to_dict()
@@ -1044,8 +1108,7 @@ def _planned_record(a: Action) -> Record:
         msg = f"{_describe_inputs(info)} -> {fmt} {shape} {p.get('dtype', '')}".rstrip()
         for lb in p.get("labels", []):
             msg += f"; label {lb['name']}: {_describe_inputs(_inputs_of(lb['sources']))}"
-        if p.get("left_out"):
-            msg += f"; left out: {'; '.join(p['left_out'])}"
+        msg += _notes(p)
         return Record("convert", a.target or "", "planned", msg, details)
     if a.kind == "copy":
         return Record("copy", a.target or "", "planned", f"from {a.sources[0]}", details)
@@ -1095,6 +1158,7 @@ def package(
     only: Sequence[str] | None = None,
     dask: Execution | None = None,
     follow_symlinks: bool = False,
+    override_voxel_size: bool = False,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) apply a packaging run; see :func:`build_plan` and
     :func:`apply_plan` (*only*: the steps to apply).
@@ -1113,7 +1177,13 @@ def package(
     """
     check_roots(Path(submission), Path(dataset))
     renames = current_labels(Path(dataset)) if Path(dataset).is_dir() else {}
-    plan = build_plan(submission, spec, follow_symlinks=follow_symlinks, renames=renames)
+    plan = build_plan(
+        submission,
+        spec,
+        follow_symlinks=follow_symlinks,
+        renames=renames,
+        override_voxel_size=override_voxel_size,
+    )
     if dry_run:
         yield from dry_run_records(select_steps(_steps(plan), only, Path(submission)), dataset)
         return

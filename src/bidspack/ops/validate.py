@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import tifffile
 
 from bidspack.bids.tables import read_tsv
 from bidspack.errors import ToolError, ValidationFailed
-from bidspack.io.omexml import physical_size_um
+from bidspack.io.omexml import physical_sizes_um
 from bidspack.records import Record
 from bidspack.txn.steps import step_key
 
@@ -185,7 +185,10 @@ def check_samples(dataset: Path) -> Iterator[Record]:
 
 
 def _compare_pixel_size(
-    rel: str, sidecar: Path, image_zyx: tuple[float, float, float] | None, what: str
+    rel: str,
+    sidecar: Path,
+    image_zyx: Sequence[float | None] | None,
+    what: str,
 ) -> Record:
     """Compare a sidecar's ``PixelSize`` ``[x, y(, z)]`` (with ``PixelSizeUnits``) to the
     image's own ``(z, y, x)`` physical size in micrometres; one record either way."""
@@ -198,11 +201,23 @@ def _compare_pixel_size(
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
     size = meta.get("PixelSize")
     factor = {"um": 1.0, "nm": 1e-3, "mm": 1e3}.get(meta.get("PixelSizeUnits") or "")
-    if image_zyx is None or not isinstance(size, list) or factor is None:
+    if (
+        image_zyx is None
+        or image_zyx[1] is None
+        or image_zyx[2] is None
+        or not isinstance(size, list)
+        or factor is None
+    ):
         return error(f"PixelSize/PixelSizeUnits or {what} physical sizes missing")
     side_xyz = [float(v) * factor for v in size]
-    image_xyz = [image_zyx[2], image_zyx[1], image_zyx[0]][: len(side_xyz)]
-    if all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(side_xyz, image_xyz, strict=True)):
+    full_xyz = [image_zyx[2], image_zyx[1], image_zyx[0]]
+    image_xyz = full_xyz[: len(side_xyz)]
+    if len(side_xyz) == 2 and what == "OME-XML" and full_xyz[2] is not None:
+        return error(f"sidecar PixelSize has no Z but the {what} has PhysicalSizeZ {full_xyz[2]}")
+    if all(
+        b is not None and math.isclose(a, b, rel_tol=1e-6)
+        for a, b in zip(side_xyz, image_xyz, strict=True)
+    ):
         return Record("validate", rel, "ok", f"PixelSize matches {what}", {"check": "pixelsize"})
     return error(f"sidecar PixelSize {side_xyz} um (x, y, z) != {what} {image_xyz} um")
 
@@ -224,7 +239,7 @@ def check_pixel_sizes(dataset: Path) -> Iterator[Record]:
             yield Record("validate", rel, "error", "no OME-XML in the file", {"check": "pixelsize"})
             continue
         try:
-            ome_zyx = physical_size_um(xml)
+            ome_zyx = physical_sizes_um(xml)
         except ValueError as exc:
             yield Record("validate", rel, "error", str(exc), {"check": "pixelsize"})
             continue
