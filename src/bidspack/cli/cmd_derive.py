@@ -79,6 +79,25 @@ datalad_option = click.option(
 )
 
 
+def dask_options(func: F) -> F:
+    """``--workers N`` and ``--scheduler ADDRESS``: where a derive verb runs its Dask
+    tasks (local threads, or an existing ``dask.distributed`` cluster). They change no
+    output byte; the verb records them in its provenance, not in its data files."""
+    func = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Run the tasks on an existing dask.distributed cluster (e.g. "
+        "tcp://10.0.0.5:8786; the datasets must be at the same paths on its workers). "
+        "Same bytes as a local run.",
+    )(func)
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        help="Dask worker threads (local; with --scheduler: tasks in flight / 2). "
+        "Same bytes whatever the number.",
+    )(func)
+
+
 def _planes(value: tuple[str, ...]) -> tuple[str, ...]:
     """``--planes xy,xz --planes yz`` or ``--planes 'xy xz'`` -> ``("xy", "xz", "yz")``."""
     return tuple(p for v in value for p in v.replace(",", " ").split())
@@ -645,7 +664,9 @@ def _render_derived(
 )
 @click.option("--no-tsv", is_flag=True, help="Write classification.parquet only (no TSV copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (arrays, batches, model).")
+@dask_options
 @run_options
+@datalad_option
 @json_option
 @map_errors
 def classify_cmd(
@@ -665,8 +686,11 @@ def classify_cmd(
     empty_level: int,
     no_tsv: bool,
     dry_run: bool,
+    workers: int | None,
+    scheduler: str | None,
     no_validate: bool,
     no_recover: bool,
+    datalad: bool,
     as_json: bool,
 ) -> None:
     """Classify every patch of the patch dataset PATCHES (derive patches or derive
@@ -674,8 +698,13 @@ def classify_cmd(
     score, decision (kept when score > threshold) and reason; the model (kind, sha256,
     threshold, device, versions) and the evaluation on --labels are in
     dataset_description.json. One transactional step per patch array, then the table.
+
+    --workers/--scheduler (rules and sklearn kinds; an error for torch) score the
+    batches as Dask tasks: the same bytes whatever the workers, recorded in the
+    provenance only. With --datalad, PATCHES (a clean DataLad dataset) is installed at
+    OUT/sourcedata/<name> and `datalad rerun COMMIT` (in a clone) replays each step.
     """
-    from bidspack.ops.derive.classify import ClassifyParams, derive_classify
+    from bidspack.ops.derive.classify import ClassifyParams, DaskSettings, derive_classify
     from bidspack.ops.derive.models import RuleThresholds
 
     params = ClassifyParams(
@@ -693,6 +722,7 @@ def classify_cmd(
             empty_level=empty_level,
         ),
         tsv=not no_tsv,
+        dask=DaskSettings(workers=workers, scheduler=scheduler),
     )
     with progress_bar(not as_json and not dry_run, "classify") as progress:
         records = derive_classify(
@@ -704,6 +734,7 @@ def classify_cmd(
             validate=not no_validate,
             recover_first=not no_recover,
             progress=progress,
+            datalad=datalad,
         )
         _render_derived(
             records,
@@ -782,25 +813,34 @@ def train_classifier_cmd(
     help="e.g. \"decision == 'kept' and score > 0.7 and plane == 'xy'\" (columns op value, "
     "in (...), and/or/not, parentheses).",
 )
+@click.option(
+    "--patches",
+    type=click.Path(path_type=Path),
+    help="The classification's patch dataset (default: the one its SourceDatasets names).",
+)
 @click.option("--no-tsv", is_flag=True, help="Write index.parquet only (no TSV copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (patches per array).")
 @run_options
+@datalad_option
 @json_option
 @map_errors
 def select_cmd(
     source: Path,
     out: Path,
     query: str,
+    patches: Path | None,
     no_tsv: bool,
     dry_run: bool,
     no_validate: bool,
     no_recover: bool,
+    datalad: bool,
     as_json: bool,
 ) -> None:
     """Copy the patches of SOURCE (a classification or a patch dataset) that --query
     selects into the derived dataset OUT: Zarr arrays of the selected patches and
     index.parquet (patch_id, array, row, parent_array, parent_row, the query columns);
     SourceDatasets names both parents. The query is parsed, never evaluated as Python.
+    With --datalad both parents are installed under OUT/sourcedata/, pinned.
     """
     from bidspack.ops.derive.select import derive_select
 
@@ -809,11 +849,13 @@ def select_cmd(
             source,
             out,
             query,
+            patches=patches,
             tsv=not no_tsv,
             dry_run=dry_run,
             validate=not no_validate,
             recover_first=not no_recover,
             progress=progress,
+            datalad=datalad,
         )
         _render_derived(
             records,

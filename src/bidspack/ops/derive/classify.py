@@ -22,6 +22,22 @@ Steps: one per parent patch array (``scores/...``: reads the array's patches in 
 chunk by chunk, scores them with a reader thread preparing the next batch while the
 current one is scored), then ``index`` (the table, the evaluation on ``--labels``,
 ``dataset_description.json``, ``README.md``, ``.bidsignore``).
+
+Dask (kinds ``rules`` and ``sklearn``, :class:`DaskSettings`): with ``workers`` or a
+``scheduler`` address each batch of ``batch_size`` patches is one Dask task (read,
+features, score, decision: :func:`score_chunk`), on Dask's local threaded scheduler or
+a ``dask.distributed`` cluster; at most ``2 x workers`` tasks are in flight
+(:func:`dask_batches`), and results are taken in patch order, so the tables are the
+same bytes whatever the worker count or scheduler. The settings are recorded in each
+scores step's provenance (``execution``), never in the data files or the step
+fingerprint. Kind ``torch`` keeps its own batched path (``threads``, ``device``); Dask
+settings are refused for it at planning.
+
+DataLad (``datalad=True``, :mod:`bidspack.ops.derive.yoda`): *out* is a DataLad
+dataset, the patch dataset (a clean DataLad/git dataset) is installed at
+``sourcedata/<name>`` pinned at its commit, its index and arrays fetched, and every
+step saved with a run record whose command names it by that relative path; a model or
+labels file is named by its absolute path (a rerun needs it at the same place).
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ import hashlib
 import json
 import math
 import shlex
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +68,7 @@ from bidspack.ops.derive.dataset import (
 from bidspack.ops.derive.models import (
     BaseClassifier,
     RuleThresholds,
+    decide,
     evaluate_scores,
     load_classifier,
     patch_features,
@@ -58,10 +76,11 @@ from bidspack.ops.derive.models import (
     train_linear,
 )
 from bidspack.ops.derive.source import SourceDataset
+from bidspack.ops.derive.yoda import adopt_source, record_steps, source_url
 from bidspack.records import Record
 from bidspack.safety import is_within
 from bidspack.txn import Transaction
-from bidspack.txn.steps import file_xxh3, record_path, text_xxh3
+from bidspack.txn.steps import file_xxh3, fingerprint, record_path, text_xxh3
 
 OPERATION = "derive-classify"
 #: Derived datasets whose ``index.parquet`` lists patches (``patch_id``, ``array``, ``row``).
@@ -97,6 +116,51 @@ PART_COLUMNS: tuple[tuple[str, str], ...] = (
 
 ProgressFn = Callable[[str, int, int], None]
 
+#: Model kinds scored as Dask tasks when Dask settings are given.
+DASK_KINDS = ("rules", "sklearn")
+#: Tasks in flight per worker thread (the bounded submission window).
+WINDOW_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    """Where the rules and sklearn kinds score their patches.
+
+    Attributes:
+        workers: Dask worker threads; with *scheduler* ``None``, Dask's local threaded
+            scheduler with this many threads. ``None`` and no scheduler: no Dask (one
+            reader thread prepares the next batch while one is scored).
+        scheduler: a ``dask.distributed`` scheduler address (``tcp://host:8786``), or a
+            ``distributed.Client`` (API only); *workers* then sizes the submission
+            window (default: the cluster's worker threads), not the cluster. The
+            patch dataset must be readable at the same path on the workers.
+
+    Neither setting changes a byte of the output: they are recorded in the provenance
+    of each scores step (``execution``), not in the data files or fingerprints.
+    """
+
+    workers: int | None = None
+    scheduler: object = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the scoring runs as Dask tasks."""
+        return self.workers is not None or self.scheduler is not None
+
+    def check(self) -> None:
+        """Raises:
+        PlanError: *workers* below 1; a scheduler string that is not an address with
+            ``://``.
+        """
+        if self.workers is not None and self.workers < 1:
+            raise PlanError(None, f"derive classify: workers {self.workers}: at least 1")
+        if isinstance(self.scheduler, str) and "://" not in self.scheduler:
+            raise PlanError(
+                None,
+                f"derive classify: scheduler {self.scheduler!r} is not an address",
+                hint="give a dask.distributed scheduler address such as tcp://host:8786",
+            )
+
 
 @dataclass(frozen=True)
 class ClassifyParams:
@@ -112,6 +176,8 @@ class ClassifyParams:
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` (torch only).
         rules: the thresholds of kind ``rules``.
         tsv: also write ``classification.tsv``.
+        dask: Dask settings of the kinds ``rules`` and ``sklearn`` (:class:`DaskSettings`;
+            recorded in the provenance, never changing the output bytes).
     """
 
     model: str = "rules"
@@ -122,11 +188,12 @@ class ClassifyParams:
     device: str | None = None
     rules: RuleThresholds = field(default_factory=RuleThresholds)
     tsv: bool = True
+    dask: DaskSettings = field(default_factory=DaskSettings)
 
     def check(self) -> None:
         """Raises:
         PlanError: a batch size or thread count below 1, a non-finite threshold, bad
-            rule thresholds.
+            rule thresholds, bad Dask settings (:meth:`DaskSettings.check`).
         """
         if self.batch_size < 1:
             raise PlanError(None, f"derive classify: batch size {self.batch_size}: at least 1")
@@ -135,6 +202,20 @@ class ClassifyParams:
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise PlanError(None, f"derive classify: threshold {self.threshold}: a finite number")
         self.rules.check()
+        self.dask.check()
+
+    def check_kind(self, kind: str) -> None:
+        """Raises:
+        PlanError: Dask settings with a kind that does not score as Dask tasks (torch:
+            its own batched path, ``threads`` and ``device``).
+        """
+        if self.dask.enabled and kind not in DASK_KINDS:
+            raise PlanError(
+                None,
+                f"derive classify: --workers/--scheduler apply to the rules and sklearn "
+                f"kinds, not {kind}",
+                hint="kind torch scores in its own batches: use --threads and --device",
+            )
 
 
 # -- the parent: a derived dataset of patch arrays ----------------------------------------------
@@ -337,6 +418,175 @@ def run_pipeline(
             yield scores, np.asarray(kept, bool), reasons
 
 
+# -- Dask -------------------------------------------------------------------------------------
+
+
+def score_chunk(
+    classifier: Any, array: str, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read *rows* of the patch array at path *array* and score them.
+
+    Returns:
+        ``(scores (b,) float64, kept (b,) bool, reasons)`` in the order of *rows*, as
+        :func:`bidspack.ops.derive.models.decide` computes them.
+
+    Raises:
+        SourceError: the array cannot be opened or decoded (naming the array).
+    """
+    arr = open_patch_array(Path(array))
+    try:
+        batch = read_rows(arr, rows)
+    except SourceError as exc:
+        if exc.path is not None:
+            raise
+        raise SourceError(array, exc.reason, hint=exc.hint) from exc
+    scores, kept, reasons = decide(classifier, batch)
+    return np.asarray(scores, np.float64), np.asarray(kept, bool), list(reasons)
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A :class:`~bidspack.errors.BidspackError` of a Dask task, returned as a value
+    (bidspack's errors do not pickle, and a ``distributed`` worker sends its results
+    pickled); :func:`dask_batches` raises it again in the caller."""
+
+    kind: str
+    path: str | None
+    reason: str
+    hint: str | None
+
+    def error(self) -> Exception:
+        """The error, of its original class."""
+        import bidspack.errors as errors
+
+        cls = getattr(errors, self.kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.BidspackError)):
+            cls = errors.SourceError
+        try:
+            return cls(self.path, self.reason, hint=self.hint)
+        except TypeError:  # an error class with other arguments
+            return errors.SourceError(self.path, self.reason, hint=self.hint)
+
+
+def score_task(
+    classifier: Any, array: str, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str]] | TaskFailure:
+    """One Dask task: :func:`score_chunk`, a bidspack error returned as a
+    :class:`TaskFailure` (the task pickles small: the array is named by its path)."""
+    from bidspack.errors import BidspackError
+
+    try:
+        return score_chunk(classifier, array, rows)
+    except BidspackError as exc:
+        return TaskFailure(type(exc).__name__, exc.path, exc.reason, exc.hint)
+
+
+def _unwrap(
+    result: tuple[np.ndarray, np.ndarray, list[str]] | TaskFailure,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if isinstance(result, TaskFailure):
+        raise result.error()
+    return result
+
+
+class DaskScorer:
+    """Runs :func:`score_chunk` tasks with Dask (:class:`DaskSettings`).
+
+    A scheduler address is connected when the scorer is made (so an unreachable
+    scheduler stops the run at planning); :meth:`close` disconnects.
+
+    Attributes:
+        runner: the :class:`bidspack.io.omezarr.runner.TaskRunner` (local threads, or a
+            ``distributed.Client``).
+        window: tasks in flight at most (``2 x workers``).
+
+    Raises:
+        ToolError: the scheduler cannot be reached.
+    """
+
+    def __init__(self, settings: DaskSettings):
+        from bidspack.io.omezarr.runner import TaskRunner
+
+        self.settings = settings
+        self.runner = TaskRunner(settings.scheduler, settings.workers)
+        self.window = max(1, WINDOW_PER_WORKER * self.runner.workers)
+
+    def describe(self) -> dict[str, Any]:
+        """What is recorded in the provenance: mode (``dask-threads`` or
+        ``dask-distributed``), workers, scheduler address, window."""
+        client = self.runner.client
+        address = None
+        if client is not None:
+            address = (
+                self.settings.scheduler
+                if isinstance(self.settings.scheduler, str)
+                else str(getattr(getattr(client, "scheduler", None), "address", None))
+            )
+        return {
+            "mode": "dask-distributed" if client is not None else "dask-threads",
+            "workers": self.runner.workers,
+            "scheduler": address,
+            "window": self.window,
+        }
+
+    def batches(
+        self, classifier: Any, array: Path, rows: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+        """:func:`dask_batches` with this scorer's runner and window."""
+        return dask_batches(self.runner, classifier, array, rows, batch_size, self.window)
+
+    def close(self) -> None:
+        """Disconnect from a scheduler this scorer connected to."""
+        self.runner.close()
+
+
+def dask_batches(
+    runner: Any,
+    classifier: Any,
+    array: Path,
+    rows: np.ndarray,
+    batch_size: int,
+    window: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """``(scores, kept, reasons)`` per batch of *batch_size* of *rows*, in order, each
+    batch scored as one Dask task (:func:`score_task`) by *runner* (a
+    :class:`~bidspack.io.omezarr.runner.TaskRunner`).
+
+    Memory is bounded by *window*: with a ``distributed`` client at most *window*
+    tasks are submitted and not yet taken (a sliding window, results taken in order);
+    with the local threaded scheduler the batches are computed *window* at a time.
+    Pending tasks are cancelled when the caller stops early or a task fails.
+
+    Raises:
+        SourceError: (or another bidspack error) a task could not read its patches.
+    """
+    chunks = [rows[s : s + batch_size] for s in range(0, len(rows), batch_size)]
+    path = str(Path(array).absolute())
+    client = runner.client
+    if client is None:
+        for start in range(0, len(chunks), window):
+            jobs = [(classifier, path, c) for c in chunks[start : start + window]]
+            for result in runner.map(score_task, jobs):
+                yield _unwrap(result)
+        return
+    pending: deque[Any] = deque()
+    todo = iter(chunks)
+    try:
+        for chunk in todo:
+            pending.append(client.submit(score_task, classifier, path, chunk, pure=False))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = _unwrap(pending.popleft().result())
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(client.submit(score_task, classifier, path, nxt, pure=False))
+            yield result
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
 # -- labels ----------------------------------------------------------------------------------
 
 #: Label words (case-insensitive) and their value: 1 = good (keep), 0 = bad.
@@ -445,6 +695,28 @@ def step_name(array: str) -> str:
     return f"{SCORES_DIR}/{array.removesuffix('.zarr')}"
 
 
+#: ``execution`` of a run without Dask settings.
+_PIPELINE: dict[str, Any] = {"mode": "reader-thread", "workers": None, "scheduler": None}
+
+#: Step parameters that describe how a step ran, not what it computes: recorded in its
+#: provenance, left out of its fingerprint.
+EXECUTION_KEYS = ("execution",)
+
+
+@dataclass
+class ScoresStep(DerivedStep):
+    """A scores step: its ``execution`` parameter (the Dask settings) is recorded in the
+    provenance but is not part of the fingerprint (it changes no output byte), so a
+    re-run with other settings is ``notneeded``."""
+
+    def fingerprint(self) -> str:
+        """xxh3-128 of the parameters (without :data:`EXECUTION_KEYS`), outputs and input
+        digests."""
+        params = {k: v for k, v in self.parameters.items() if k not in EXECUTION_KEYS}
+        described = [{"operation": self.operation, "outputs": self.outputs, **params}]
+        return fingerprint(described, {k: {"xxh3": v} for k, v in self.inputs.items()})
+
+
 def _classify_array(
     txn: Transaction,
     parent: PatchDataset,
@@ -452,14 +724,22 @@ def _classify_array(
     classifier: Any,
     batch_size: int,
     progress: Callable[[int], None] | None,
+    scorer: DaskScorer | None = None,
 ) -> Iterator[Record]:
-    """Stage the part of one parent array: every patch scored, decided, explained."""
+    """Stage the part of one parent array: every patch scored, decided, explained
+    (batches as Dask tasks with *scorer*, else the reader-thread pipeline)."""
     positions = parent.positions(rel)
     rows = parent.rows(positions)
     arr = parent.open_array(rel)
     cols: dict[str, list[Any]] = {name: [] for name, _ in PART_COLUMNS}
     done = 0
-    for scores, kept, reasons in run_pipeline(classifier, iter_batches(arr, rows, batch_size)):
+    if scorer is not None:
+        results: Iterable[tuple[np.ndarray, np.ndarray, list[str]]] = scorer.batches(
+            classifier, parent.path / rel, rows, batch_size
+        )
+    else:
+        results = run_pipeline(classifier, iter_batches(arr, rows, batch_size))
+    for scores, kept, reasons in results:
         b = len(scores)
         cols["score"].extend(float(s) for s in scores)
         cols["decision"].extend("kept" if k else "rejected" for k in kept.tolist())
@@ -479,7 +759,13 @@ def _classify_array(
         part_path(rel),
         "ok",
         f"{len(rows)} patches of {rel}: {n_kept} kept, {len(rows) - n_kept} rejected",
-        {"array": rel, "patches": len(rows), "kept": n_kept, "step": step_name(rel)},
+        {
+            "array": rel,
+            "patches": len(rows),
+            "kept": n_kept,
+            "step": step_name(rel),
+            "execution": scorer.describe() if scorer is not None else _PIPELINE,
+        },
     )
 
 
@@ -534,8 +820,9 @@ def _index_stage(
     )
 
 
-def readme_text(parent: PatchDataset, model: dict[str, Any]) -> str:
-    """``README.md`` of a classification dataset."""
+def readme_text(parent: PatchDataset, model: dict[str, Any], out: Path | None = None) -> str:
+    """``README.md`` of a classification dataset (the parent named as in
+    :func:`bidspack.ops.derive.yoda.source_url`: relative when it is *out*'s input)."""
     version = parent.source.version or "not under version control"
     return "\n".join(
         [
@@ -544,7 +831,7 @@ def readme_text(parent: PatchDataset, model: dict[str, Any]) -> str:
             "A BIDS derivative dataset recording a quality decision for every patch of a",
             "bidspack patch dataset: score, decision (kept/rejected) and reason.",
             "",
-            f"- Parent patch dataset: `{parent.path.absolute().as_uri()}`, version {version}",
+            f"- Parent patch dataset: `{source_url(parent.path, out)}`, version {version}",
             "- Parent manifest (code/bidspack/manifest.tsv) sha256: "
             f"{parent.source.manifest_sha256}",
             f"- Model: kind {model['kind']}, sha256 {model['sha256']}, "
@@ -565,10 +852,28 @@ def readme_text(parent: PatchDataset, model: dict[str, Any]) -> str:
     )
 
 
-def command_line(parent: Path, params: ClassifyParams, kind: str, labels: Path | None) -> str:
-    """The command as recorded: paths as ``file://`` URLs, the output as ``.``."""
-    model = params.model if params.model == "rules" else Path(params.model).absolute().as_uri()
-    args = ["bidspack", "derive", "classify", parent.absolute().as_uri(), ".", "--model", model]
+def _file_arg(path: Path | str, runnable: bool) -> str:
+    """A file outside the dataset in the recorded command: its absolute path (a run
+    record replays it) or its ``file://`` URL."""
+    return str(Path(path).absolute()) if runnable else Path(path).absolute().as_uri()
+
+
+def command_line(
+    parent: Path,
+    params: ClassifyParams,
+    kind: str,
+    labels: Path | None,
+    out: Path | None = None,
+    *,
+    runnable: bool = False,
+) -> str:
+    """The command as recorded (``GeneratedBy.Description``), the output as ``.``: the
+    parent as :func:`~bidspack.ops.derive.yoda.source_url` names it (``sourcedata/<name>``
+    when it is *out*'s installed input, else its ``file://`` URL); a model or labels
+    file as a ``file://`` URL, or (*runnable*, ``--datalad``: the run record's command)
+    its absolute path. The Dask settings are not part of it (they change no byte)."""
+    model = params.model if params.model == "rules" else _file_arg(params.model, runnable)
+    args = ["bidspack", "derive", "classify", source_url(parent, out), ".", "--model", model]
     args += ["--kind", kind, "--batch-size", str(params.batch_size)]
     if params.threshold is not None:
         args += ["--threshold", repr(float(params.threshold))]
@@ -582,7 +887,7 @@ def command_line(parent: Path, params: ClassifyParams, kind: str, labels: Path |
         if params.threads:
             args += ["--threads", str(params.threads)]
     if labels is not None:
-        args += ["--labels", labels.absolute().as_uri()]
+        args += ["--labels", _file_arg(labels, runnable)]
     if not params.tsv:
         args.append("--no-tsv")
     return shlex.join(args)
@@ -598,21 +903,32 @@ def derive_classify(
     validate: bool = True,
     recover_first: bool = True,
     progress: ProgressFn | None = None,
+    datalad: bool = False,
 ) -> Iterator[Record]:
     """Classify every patch of the patch dataset *patches* into the derived dataset
     *out* (see the module docstring).
 
-    Yields ``classify`` records (``planned`` in a dry run), ``step`` records (``ok`` /
-    ``notneeded``), the ``index`` record, an ``evaluate`` record when *labels* are
-    given, then the validation records.
+    Plan first (parameters, parent, labels, model, Dask scheduler connection), then
+    apply. Yields ``classify`` records (``planned`` in a dry run), with *datalad* the
+    ``datalad`` records (dataset created, parent installed and fetched), ``step``
+    records (``ok`` / ``notneeded``), the ``index`` record, an ``evaluate`` record when
+    *labels* are given, then the validation records.
+
+    With *datalad*, *out* is a DataLad dataset in the YODA layout: *patches* (a clean
+    DataLad/git dataset) is installed at ``sourcedata/<name>`` pinned at its commit,
+    the patches are read from there, and every step is saved with a run record
+    (:mod:`bidspack.ops.derive.yoda`).
 
     *progress*, if given, is called as ``progress(array, patches done, patches total)``.
 
     Raises:
-        PlanError: bad parameters, not a patch dataset, *out* inside it.
-        SourceError: a bad model or labels file, an unreadable patch array.
+        PlanError: bad parameters, Dask settings with kind ``torch``, not a patch
+            dataset, *out* inside it.
+        SourceError: a bad model or labels file, an unreadable patch array; with
+            *datalad*, a parent that is not a clean DataLad/git dataset.
         ToolError: kind ``torch`` without PyTorch/torchvision (``pip install
-            'bidspack[classify]'``).
+            'bidspack[classify]'``); the Dask scheduler cannot be reached; datalad or
+            git failed.
         OutputError: *out* is not new, empty or a bidspack dataset; locked.
     """
     from bidspack.ops.derive.models import infer_kind
@@ -622,6 +938,7 @@ def derive_classify(
     parent = PatchDataset(patches)
     check_roots(patches, out)
     kind = params.kind or infer_kind(params.model)
+    params.check_kind(kind)
     label_map = read_labels(labels, parent.ids) if labels is not None else None
     classifier = load_classifier(
         params.model,
@@ -634,8 +951,12 @@ def derive_classify(
     model = classifier.describe()
     arrays = parent.arrays()
     derived = DerivedDataset(out)
-    total = len(parent.ids)
     if dry_run:
+        execution = (
+            {"mode": "dask", "workers": params.dask.workers, "scheduler": _address(params)}
+            if params.dask.enabled
+            else _PIPELINE
+        )
         for rel in arrays:
             n = len(parent.positions(rel))
             yield Record(
@@ -644,16 +965,86 @@ def derive_classify(
                 "planned",
                 f"{n} patches of {rel} in {math.ceil(n / params.batch_size)} batches of "
                 f"{params.batch_size}, model {kind} {model['sha256'][:12]}, threshold "
-                f"{model['threshold']}, device {model.get('device')}",
+                f"{model['threshold']}, device {model.get('device')}"
+                + (f", on Dask ({_dask_text(params)})" if params.dask.enabled else ""),
                 {
                     "array": rel,
                     "patches": n,
                     "model": model,
                     "batch_size": params.batch_size,
                     "step": step_name(rel),
+                    "execution": execution,
                 },
             )
         return
+    scorer = DaskScorer(params.dask) if params.dask.enabled else None
+    try:
+        if datalad:
+            adopted = adopt_source(patches, out, [INDEX_PARQUET, *arrays])
+            yield from adopted.records
+            patches = adopted.path
+            parent = PatchDataset(patches)  # the same commit: the same patches
+        yield from _apply(
+            derived,
+            parent,
+            patches,
+            out,
+            params,
+            kind=kind,
+            classifier=classifier,
+            model=model,
+            labels=labels,
+            label_map=label_map,
+            scorer=scorer,
+            recover_first=recover_first,
+            progress=progress,
+            datalad=datalad,
+        )
+    finally:
+        if scorer is not None:
+            scorer.close()
+    if validate:
+        from bidspack.ops.validate import validate_dataset
+
+        yield from validate_dataset(out, recursive=False)
+
+
+def _address(params: ClassifyParams) -> str | None:
+    sched = params.dask.scheduler
+    if sched is None:
+        return None
+    return sched if isinstance(sched, str) else "client"
+
+
+def _dask_text(params: ClassifyParams) -> str:
+    address = _address(params)
+    workers = params.dask.workers
+    if address is None:
+        return f"{workers} local thread(s)"
+    return f"scheduler {address}" + (f", window of {2 * workers} tasks" if workers else "")
+
+
+def _apply(
+    derived: DerivedDataset,
+    parent: PatchDataset,
+    patches: Path,
+    out: Path,
+    params: ClassifyParams,
+    *,
+    kind: str,
+    classifier: Any,
+    model: dict[str, Any],
+    labels: Path | None,
+    label_map: dict[str, int] | None,
+    scorer: DaskScorer | None,
+    recover_first: bool,
+    progress: ProgressFn | None,
+    datalad: bool,
+) -> Iterator[Record]:
+    """The writing part of :func:`derive_classify`: one scores step per parent array,
+    then the index step (each saved with a run record when *datalad*)."""
+    arrays = parent.arrays()
+    total = len(parent.ids)
     labels_block = None
     if labels is not None and label_map is not None:
         labels_block = {
@@ -661,6 +1052,16 @@ def derive_classify(
             "sha256": file_sha256(labels),
             "labelled": len(label_map),
         }
+    command = command_line(patches, params, kind, labels, out, runnable=datalad)
+    if datalad:
+        rel_parent = source_url(patches, out)
+        record_steps(
+            derived,
+            summary="bidspack derive classify",
+            command=command,
+            inputs=[f"{rel_parent}/{INDEX_PARQUET}", *(f"{rel_parent}/{a}" for a in arrays)],
+        )
+    execution = scorer.describe() if scorer is not None else _PIPELINE
     done = [0]
     with derived.session(recover_first=recover_first) as recovered:
         yield from recovered
@@ -676,7 +1077,7 @@ def derive_classify(
                 if progress is not None:
                     progress(rel, done[0], total)
 
-            step = DerivedStep(
+            step = ScoresStep(
                 name=step_name(rel),
                 operation=OPERATION,
                 outputs=[part_path(rel)],
@@ -685,6 +1086,7 @@ def derive_classify(
                     "patches": len(positions),
                     "model": model,
                     "batch_size": params.batch_size if kind == "torch" else None,
+                    "execution": execution,
                 },
                 inputs={
                     f"parent-array:{rel}": parent.array_digest(rel),
@@ -692,7 +1094,7 @@ def derive_classify(
                 },
                 used=[{"path": f"parent:{rel}", "xxh3_128": parent.array_digest(rel)}],
                 stage=lambda txn, rel=rel, tick=tick: _classify_array(  # type: ignore[misc]
-                    txn, parent, rel, classifier, params.batch_size, tick
+                    txn, parent, rel, classifier, params.batch_size, tick, scorer
                 ),
             )
             before = done[0]
@@ -730,22 +1132,19 @@ def derive_classify(
         description = derived_description(
             name="Patch classification of " + patches.absolute().name,
             operation=OPERATION,
-            command=command_line(patches, params, kind, labels),
+            command=command,
             parameters=parameters,
             source=parent.source,
+            out=out,
         )
         texts = {
             "dataset_description.json": description,
-            "README.md": readme_text(parent, model),
+            "README.md": readme_text(parent, model, out),
             ".bidsignore": bidsignore_text(
                 SCORES_DIR, TABLE_PARQUET, *([TABLE_TSV] if params.tsv else [])
             ),
         }
         yield from _final_step(derived, parent, parts, texts, params.tsv, evaluation)
-    if validate:
-        from bidspack.ops.validate import validate_dataset
-
-        yield from validate_dataset(out, recursive=False)
 
 
 def _evaluate(
@@ -918,11 +1317,17 @@ __all__ = [
     "PART_COLUMNS",
     "TABLE_COLUMNS",
     "ClassifyParams",
+    "DaskScorer",
+    "DaskSettings",
     "PatchDataset",
+    "ScoresStep",
+    "dask_batches",
     "derive_classify",
     "iter_batches",
     "read_labels",
     "read_rows",
     "run_pipeline",
+    "score_chunk",
+    "score_task",
     "train_classifier",
 ]

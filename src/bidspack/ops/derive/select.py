@@ -27,6 +27,19 @@ Output (``OUT``)::
 ``SourceDatasets`` names both parents (the classification and its patch dataset). The
 ``bidspack.training`` loader reads the selection like a patch dataset (``patch_id``,
 ``array``, ``row``; there is no ``kept`` column: every row is selected).
+
+The classification's patch dataset is the one its ``SourceDatasets`` URL names (a
+``file://`` URL, or ``sourcedata/<name>`` relative to the classification when it was
+made with ``--datalad``), or the folder given as ``patches`` (``--patches``), checked
+against the manifest sha256 the classification recorded.
+
+DataLad (``datalad=True``, :mod:`bidspack.ops.derive.yoda`): *out* is a DataLad
+dataset with both parents installed as subdatasets pinned at their commits, the
+classification at ``sourcedata/<name>`` and its patch dataset at
+``sourcedata/<name>`` (``<name>-patches`` if both folders have one name); the query
+table and the selected arrays are fetched; each step is saved with a run record whose
+command is ``bidspack derive select sourcedata/<cls> . --patches sourcedata/<patches>
+--query ...``.
 """
 
 from __future__ import annotations
@@ -62,6 +75,7 @@ from bidspack.ops.derive.dataset import (
     derived_description,
 )
 from bidspack.ops.derive.source import SourceDataset
+from bidspack.ops.derive.yoda import adopt_source, input_name, record_steps, source_url
 from bidspack.records import Record
 from bidspack.txn import Transaction
 from bidspack.txn.steps import record_path, text_xxh3
@@ -335,11 +349,17 @@ def evaluate_query(
 # -- the source -------------------------------------------------------------------------------
 
 
-def _url_path(url: str) -> Path | None:
+def _url_path(url: str, base: Path | None = None) -> Path | None:
+    """The folder a ``SourceDatasets`` URL names: a ``file://`` URL, or a relative path
+    (``sourcedata/<name>``: a ``--datalad`` dataset's installed input) below *base*;
+    ``None`` for anything else (remote URLs, absolute or climbing paths)."""
     parsed = urlparse(url)
-    if parsed.scheme != "file":
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    rel = Path(url)
+    if parsed.scheme or base is None or not url or rel.is_absolute() or ".." in rel.parts:
         return None
-    return Path(unquote(parsed.path))
+    return Path(base) / rel
 
 
 @dataclass
@@ -353,14 +373,15 @@ class SelectionSource:
     classification_path: Path | None
 
 
-def open_selection_source(path: Path) -> SelectionSource:
+def open_selection_source(path: Path, patches_path: Path | None = None) -> SelectionSource:
     """Open SOURCE: a classification (its patch dataset found through its
-    ``SourceDatasets`` URL and checked against the recorded manifest sha256) or a patch
-    dataset.
+    ``SourceDatasets`` URL, or *patches_path* if given, and checked against the
+    recorded manifest sha256) or a patch dataset.
 
     Raises:
         PlanError: neither; the classification's patch dataset is missing or changed
-            since it was classified; the classification does not list the same patches.
+            since it was classified; the classification does not list the same patches;
+            *patches_path* given for a patch dataset.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -372,6 +393,12 @@ def open_selection_source(path: Path) -> SelectionSource:
         raise PlanError(path, f"not a derived dataset (dataset_description.json: {exc})") from exc
     operation = (desc.get("bidspack") or {}).get("operation") if isinstance(desc, dict) else None
     if operation != CLASSIFY_OPERATION:
+        if patches_path is not None:
+            raise PlanError(
+                path,
+                "is a patch dataset, not a classification: --patches names a "
+                "classification's patch dataset",
+            )
         patches = PatchDataset(path)
         names = [RENAMED.get(n, n) for n in patches.table.column_names]
         if len(set(names)) != len(names):
@@ -379,12 +406,18 @@ def open_selection_source(path: Path) -> SelectionSource:
         return SelectionSource(patches.table.rename_columns(names), patches, None, None)
     cls = SourceDataset(path)
     block = desc["bidspack"].get("source") or {}
-    parent_path = _url_path(str(block.get("URL", "")))
+    parent_path = (
+        Path(patches_path)
+        if patches_path is not None
+        else _url_path(str(block.get("URL", "")), path)
+    )
     if parent_path is None or not parent_path.is_dir():
         raise PlanError(
             path,
-            f"the classified patch dataset {block.get('URL')!r} is not found",
-            hint="select from a classification whose patch dataset is on this machine",
+            f"the classified patch dataset {block.get('URL')!r} is not found"
+            + (f" (--patches {patches_path})" if patches_path is not None else ""),
+            hint="select from a classification whose patch dataset is on this machine, "
+            "or name it with --patches",
         )
     patches = PatchDataset(parent_path)
     if patches.source.manifest_sha256 != block.get("manifest_sha256"):
@@ -509,42 +542,46 @@ def _index_stage(
     )
 
 
-def _parent_entry(ds: SourceDataset) -> dict[str, Any]:
-    entry: dict[str, Any] = {"URL": ds.path.absolute().as_uri()}
+def _parent_entry(ds: SourceDataset, out: Path | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"URL": source_url(ds.path, out)}
     if ds.version:
         entry["Version"] = ds.version
     return entry
 
 
-def derive_select(
-    source: Path,
-    out: Path,
-    query: str,
-    *,
-    tsv: bool = True,
-    dry_run: bool = False,
-    validate: bool = True,
-    recover_first: bool = True,
-    progress: ProgressFn | None = None,
-) -> Iterator[Record]:
-    """Materialise the patches of *source* that *query* selects as the derived dataset
-    *out* (see the module docstring).
+@dataclass
+class SelectionPlan:
+    """What :func:`derive_select` will write, computed before anything is written.
 
-    Yields ``select`` records (``planned`` in a dry run), ``step`` records, the
-    ``index`` record, then the validation records.
+    Attributes:
+        src: the opened source (:func:`open_selection_source`).
+        mask: ``(n,)`` bool, the query's rows of the query table (parent index order).
+        picked: ``(k,)`` int64 positions of the selected rows.
+        by_array: parent array -> positions of its selected rows (index order).
+        arrays_all: the parent index's ``array`` column.
+        rows_all: ``(n,)`` int64, the parent index's ``row`` column.
+    """
+
+    src: SelectionSource
+    mask: np.ndarray
+    picked: np.ndarray
+    by_array: dict[str, list[int]]
+    arrays_all: list[str]
+    rows_all: np.ndarray
+
+
+def plan_select(
+    source: Path, out: Path, query: str, patches_path: Path | None = None
+) -> SelectionPlan:
+    """Parse and evaluate *query* on SOURCE (reads tables only).
 
     Raises:
-        PlanError: a bad query (syntax, unknown column, type), a query selecting no
-            patch, a source that is neither a classification nor a patch dataset, *out*
-            inside a parent.
-        OutputError: *out* is not new, empty or a bidspack dataset; locked.
-        SourceError: an unreadable patch array.
+        PlanError: a bad query, a query selecting no patch, a bad source (see
+            :func:`open_selection_source`).
+        OutputError: *out* inside a parent (or a parent inside it).
     """
-    import pyarrow as pa
-
-    source, out = Path(source), Path(out)
     tree = parse_query(query)
-    src = open_selection_source(source)
+    src = open_selection_source(source, patches_path)
     check_roots(source, out)
     check_roots(src.patches.path, out)
     mask = evaluate_query(tree, query_table(src), query)
@@ -557,17 +594,141 @@ def derive_select(
     by_array: dict[str, list[int]] = {}
     for i in picked.tolist():
         by_array.setdefault(arrays_all[i], []).append(i)
+    return SelectionPlan(src, mask, picked, by_array, arrays_all, rows_all)
+
+
+def command_line(
+    source: Path,
+    query: str,
+    *,
+    tsv: bool,
+    patches_path: Path | None = None,
+    out: Path | None = None,
+) -> str:
+    """The command as recorded (``GeneratedBy.Description``; with ``--datalad`` the run
+    record's command): SOURCE and ``--patches`` as
+    :func:`~bidspack.ops.derive.yoda.source_url` names them (``sourcedata/<name>`` for
+    *out*'s installed inputs, else ``file://`` URLs), the output as ``.``."""
+    args = ["bidspack", "derive", "select", source_url(source, out), "."]
+    if patches_path is not None:
+        args += ["--patches", source_url(patches_path, out)]
+    args += ["--query", query]
+    return shlex.join(args + ([] if tsv else ["--no-tsv"]))
+
+
+def _adopt_parents(
+    source: Path, out: Path, plan: SelectionPlan
+) -> tuple[list[Record], Path, Path | None, list[str]]:
+    """Install the parents in *out* (``--datalad``): the classification (or the patch
+    dataset) SOURCE, then the classification's patch dataset under a name of its own.
+
+    Returns:
+        (records, installed SOURCE, installed patch dataset or ``None``, the run
+        record's inputs).
+    """
+    src = plan.src
+    records: list[Record] = []
+    arrays = sorted(plan.by_array)
+    if src.classification is None:
+        adopted = adopt_source(source, out, [INDEX_PARQUET, *arrays])
+        records += adopted.records
+        inputs = [f"{adopted.rel}/{INDEX_PARQUET}", *(f"{adopted.rel}/{a}" for a in arrays)]
+        return records, adopted.path, None, inputs
+    cls = adopt_source(source, out, [TABLE_PARQUET])
+    records += cls.records
+    name = input_name(src.patches.path)
+    if name == Path(cls.rel).name:
+        name = f"{name}-patches"
+    pat = adopt_source(src.patches.path, out, [INDEX_PARQUET, *arrays], name=name)
+    records += pat.records
+    inputs = [
+        f"{cls.rel}/{TABLE_PARQUET}",
+        f"{pat.rel}/{INDEX_PARQUET}",
+        *(f"{pat.rel}/{a}" for a in arrays),
+    ]
+    return records, cls.path, pat.path, inputs
+
+
+def derive_select(
+    source: Path,
+    out: Path,
+    query: str,
+    *,
+    patches: Path | None = None,
+    tsv: bool = True,
+    dry_run: bool = False,
+    validate: bool = True,
+    recover_first: bool = True,
+    progress: ProgressFn | None = None,
+    datalad: bool = False,
+) -> Iterator[Record]:
+    """Materialise the patches of *source* that *query* selects as the derived dataset
+    *out* (see the module docstring).
+
+    *patches*: the classification's patch dataset (default: the folder its
+    ``SourceDatasets`` URL names). With *datalad*, *out* is a DataLad dataset with
+    both parents installed under ``sourcedata/`` (pinned at their commits) and every
+    step saved with a run record.
+
+    Plan first (query, source, parents), then apply. Yields ``select`` records
+    (``planned`` in a dry run), with *datalad* the ``datalad`` records, ``step``
+    records, the ``index`` record, then the validation records.
+
+    Raises:
+        PlanError: a bad query (syntax, unknown column, type), a query selecting no
+            patch, a source that is neither a classification nor a patch dataset, *out*
+            inside a parent, *patches* for a patch dataset or not the classified one.
+        OutputError: *out* is not new, empty or a bidspack dataset; locked.
+        SourceError: an unreadable patch array; with *datalad*, a parent that is not a
+            clean DataLad/git dataset.
+        ToolError: datalad or git failed.
+    """
+    source, out = Path(source), Path(out)
+    plan = plan_select(source, out, query, patches)
     derived = DerivedDataset(out)
     if dry_run:
-        for rel, members in by_array.items():
+        for rel, members in plan.by_array.items():
             yield Record(
                 "select",
                 rel,
                 "planned",
-                f"{len(members)} of {len(patches.positions(rel))} patches of {rel}",
+                f"{len(members)} of {len(plan.src.patches.positions(rel))} patches of {rel}",
                 {"array": rel, "patches": len(members), "step": rel.removesuffix(".zarr")},
             )
         return
+    inputs: list[str] = []
+    if datalad:
+        records, source, patches, inputs = _adopt_parents(source, out, plan)
+        yield from records
+        plan = plan_select(source, out, query, patches)
+    command = command_line(source, query, tsv=tsv, patches_path=patches, out=out)
+    if datalad:
+        record_steps(derived, summary="bidspack derive select", command=command, inputs=inputs)
+    yield from _apply(derived, source, out, query, plan, command, tsv, recover_first, progress)
+    if validate:
+        from bidspack.ops.validate import validate_dataset
+
+        yield from validate_dataset(out, recursive=False)
+
+
+def _apply(
+    derived: DerivedDataset,
+    source: Path,
+    out: Path,
+    query: str,
+    plan: SelectionPlan,
+    command: str,
+    tsv: bool,
+    recover_first: bool,
+    progress: ProgressFn | None,
+) -> Iterator[Record]:
+    """The writing part of :func:`derive_select`: one step per selected parent array,
+    then the index step."""
+    import pyarrow as pa
+
+    src, mask, picked = plan.src, plan.mask, plan.picked
+    by_array, arrays_all, rows_all = plan.by_array, plan.arrays_all, plan.rows_all
+    patches = src.patches
     # the selection index: lead columns, then the query table's other columns
     new_row = np.zeros(len(mask), np.int64)
     for members in by_array.values():
@@ -588,7 +749,7 @@ def derive_select(
     parents = [src.classification, patches.source] if src.classification else [patches.source]
     parents_block = [
         {
-            "URL": p.path.absolute().as_uri(),
+            "URL": source_url(p.path, out),
             "operation": (CLASSIFY_OPERATION if p is src.classification else patches.operation),
             "version": p.version,
             "manifest_sha256": p.manifest_sha256,
@@ -600,10 +761,7 @@ def derive_select(
         derived_description(
             name="Patch selection from " + source.absolute().name,
             operation=OPERATION,
-            command=shlex.join(
-                ["bidspack", "derive", "select", source.absolute().as_uri(), ".", "--query", query]
-                + ([] if tsv else ["--no-tsv"])
-            ),
+            command=command,
             parameters={
                 "query": query,
                 "selected": int(picked.size),
@@ -612,13 +770,14 @@ def derive_select(
                 "parents": parents_block,
             },
             source=parents[0] if parents[0] is not None else patches.source,
+            out=out,
         )
     )
     if src.classification is not None:
-        description["SourceDatasets"].append(_parent_entry(patches.source))
+        description["SourceDatasets"].append(_parent_entry(patches.source, out))
     texts = {
         "dataset_description.json": json_text(description),
-        "README.md": _readme(source, query, int(picked.size), len(mask), parents_block),
+        "README.md": _readme(source, query, int(picked.size), len(mask), parents_block, out),
         ".bidsignore": bidsignore_text("patches", INDEX_PARQUET, *([INDEX_TSV] if tsv else [])),
     }
     total = int(picked.size)
@@ -630,7 +789,7 @@ def derive_select(
             attrs = {
                 "bidspack": {
                     "operation": OPERATION,
-                    "parent": patches.path.absolute().as_uri(),
+                    "parent": source_url(patches.path, out),
                     "parent_array": rel,
                     "axes": ["patch", "y", "x"],
                     "index": INDEX_PARQUET,
@@ -680,19 +839,20 @@ def derive_select(
             delete=sorted(set(retired)),
         )
         yield from derived.run_step(step)
-    if validate:
-        from bidspack.ops.validate import validate_dataset
-
-        yield from validate_dataset(out, recursive=False)
 
 
 def _readme(
-    source: Path, query: str, selected: int, total: int, parents: list[dict[str, Any]]
+    source: Path,
+    query: str,
+    selected: int,
+    total: int,
+    parents: list[dict[str, Any]],
+    out: Path | None = None,
 ) -> str:
     lines = [
         "# Patch selection (bidspack derive select)",
         "",
-        f"{selected} of {total} patches of `{source.absolute().as_uri()}` chosen by the query",
+        f"{selected} of {total} patches of `{source_url(source, out)}` chosen by the query",
         "",
         f"    {query}",
         "",
@@ -714,10 +874,13 @@ def _readme(
 
 __all__ = [
     "LEAD_COLUMNS",
+    "SelectionPlan",
+    "command_line",
     "derive_select",
     "evaluate_query",
     "open_selection_source",
     "parse_query",
+    "plan_select",
     "query_table",
     "tokenize",
 ]

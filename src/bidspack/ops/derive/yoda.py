@@ -144,9 +144,16 @@ class YodaSource:
     records: list[Record] = field(default_factory=list)
 
 
-def adopt_source(source: Path, out: Path, images: Sequence[str]) -> YodaSource:
+def adopt_source(
+    source: Path, out: Path, images: Sequence[str], *, name: str | None = None
+) -> YodaSource:
     """Make *out* a DataLad dataset with *source* installed at ``sourcedata/<name>``
-    (pinned at the source's commit) and the *images* (source-relative paths) fetched.
+    (pinned at the source's commit) and the *images* (source-relative paths: files or
+    folders) fetched.
+
+    *name*: the folder under ``sourcedata/`` (default :func:`input_name`); a verb
+    with several inputs (``derive select``: a classification and its patch dataset)
+    installs each under a name of its own by calling this once per input.
 
     The checks (:func:`check_source`, *out* new, empty or a bidspack dataset) come
     before anything is written. On a re-run the installed subdataset is reused; if the
@@ -156,15 +163,17 @@ def adopt_source(source: Path, out: Path, images: Sequence[str]) -> YodaSource:
     Raises:
         SourceError: see :func:`check_source`.
         OutputError: *out* is not new, empty or a bidspack dataset; ``sourcedata/<name>``
-            exists and is not the installed subdataset.
+            exists and is not the installed subdataset; *name* is not a plain name.
         ToolError: datalad or git failed.
     """
     from bidspack.ops.session import check_output
 
     source, out = Path(source).absolute(), Path(out).absolute()
+    if name is not None and (not _NAME.match(name) or name in (".", "..")):
+        raise OutputError(None, f"{name!r} is not a plain folder name for {SOURCEDATA}/")
     commit = check_source(source)
     check_output(out)
-    name = input_name(source)
+    name = name or input_name(source)
     rel = f"{SOURCEDATA}/{name}"
     sub = out / rel
     records: list[Record] = []
