@@ -265,3 +265,97 @@ def test_package_spec_conflicts(tmp_path: Path, ometiff: Path) -> None:
     assert plan["parameters"]["override_voxel_size"] is True
     conv = next(a for a in plan["actions"] if a["kind"] == "convert")
     assert conv["params"]["voxel_size_overridden"] == {"y": [SIZE, 1.05], "x": [SIZE, 1.05]}
+
+
+# --- channels and time points: split, or left out with a word ------------------------
+
+CZI_SPEC = """
+spec_version = 1
+[dataset]
+Name = "timelapse"
+Authors = ["A"]
+License = "CC0-1.0"
+[subjects]
+pattern = 'embryo(?P<id>\\d+)'
+label = "{id}"
+[[channels]]
+folder = "cells.czi"
+suffix = "SPIM"
+{extra}
+"""
+
+
+def _czi_submission(tmp_path: Path, realdata: Path, extra: str) -> tuple[Path, Path]:
+    sub = tmp_path / "sub"
+    (sub / "embryo1").mkdir(parents=True)
+    shutil.copyfile(
+        realdata / "czi" / "CellDivision_T3_Z5_CH2_X240_Y170.czi", sub / "embryo1" / "cells.czi"
+    )
+    spec = tmp_path / "spec.toml"
+    spec.write_text(CZI_SPEC.replace("{extra}", extra), encoding="utf-8")
+    return sub, spec
+
+
+def test_split_writes_every_channel_and_time_point(tmp_path: Path, realdata: Path) -> None:
+    """The T3 C2 CZI: six images (stain = channel name, run = time + 1), each equal to
+    the file's (z, y, x) stack of that channel and time point; nothing left out."""
+    from bidspack.io.vendor import VendorImage
+
+    sub, spec = _czi_submission(tmp_path, realdata, 'split = ["channel", "time"]')
+    ds = tmp_path / "ds"
+    recs = list(package(sub, ds, load_spec(spec)))
+    assert not [r for r in recs if r.status == "error"], [r.message for r in recs]
+    converts = [r for r in recs if r.action == "convert"]
+    assert len(converts) == 6
+    assert not any("left out" in r.message for r in converts)
+    czi = sub / "embryo1" / "cells.czi"
+    for c, stain in enumerate(["LED555", "LED470"]):
+        for t in range(3):
+            stem = ds / "sub-1" / "micr" / f"sub-1_sample-brain_stain-{stain}_run-{t + 1}_SPIM"
+            out = Path(str(stem) + ".ome.tif")
+            src = VendorImage(czi, channel=c, time=t)
+            from bidspack.io.pixelhash import PixelHasher
+
+            hasher = PixelHasher("ZYX", src.shape, src.dtype)
+            for plane in src.iter_planes():
+                hasher.update(plane)
+            assert pixel_hash_of_file(out) == hasher.hexdigest()
+            xml = tifffile.TiffFile(out).ome_metadata
+            info = instrument_of(xml)
+            assert info["ChannelNames"] == [stain]
+            assert info["ExcitationWavelengths"] == [[553.0, 493.0][c]]
+            side = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+            assert side["Manufacturer"] == "Zeiss" and side["Immersion"] == "Water"
+    plan = json.loads((ds / "code" / "bidspack" / "plan.json").read_text(encoding="utf-8"))
+    splits = sorted(
+        (a["params"]["split"]["channel"], a["params"]["split"]["time"])
+        for a in plan["actions"]
+        if a["kind"] == "convert"
+    )
+    assert splits == [(c, t) for c in range(2) for t in range(3)]
+
+
+def test_without_split_the_plan_names_what_is_left_out(tmp_path: Path, realdata: Path) -> None:
+    sub, spec = _czi_submission(tmp_path, realdata, "select = { channel = 1, time = 2 }")
+    res = run_bidspack(
+        "package", str(sub), str(tmp_path / "ds"), "--spec", str(spec), "--dry-run", "--json"
+    )
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    convert = next(r for r in lines if r["action"] == "convert")
+    assert "left out: channel(s) LED555; time point(s) 0, 1" in convert["message"]
+    # a split on a TIFF is refused with the file named
+    sub2, spec2 = _submission(
+        tmp_path / "b",
+        realdata / "ometiff" / "s_1_t_1_c_1_z_1.ome.tiff",
+        'split = ["channel"]\nvoxel_size = { z = 5 }',
+    )
+    res2 = run_bidspack("package", str(sub2), str(tmp_path / "ds2"), "--spec", str(spec2))
+    assert res2.returncode != 0 and "Traceback" not in res2.stderr
+    assert "bright.ome.tiff" in res2.stderr and "split is for vendor and container" in res2.stderr
+    # split together with a select of the same dimension is a spec error
+    sub3, spec3 = _czi_submission(
+        tmp_path / "c", realdata, 'split = ["time"]\nselect = { time = 1 }'
+    )
+    res3 = run_bidspack("package", str(sub3), str(tmp_path / "ds3"), "--spec", str(spec3))
+    assert res3.returncode != 0 and "channels[0].split" in res3.stderr

@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bidspack.bids.schema import entity_name
 from bidspack.errors import BidspackError, SpecError, UnsafeInputError
 from bidspack.io.voxels import to_um
 from bidspack.safety import (
@@ -93,6 +94,11 @@ class Channel:
     labels_of: str | None = None
     label_name: str | None = None
     select: dict[str, Any] = field(default_factory=dict)
+    split: tuple[str, ...] = ()
+
+
+#: BIDS entity (full name) each ``split`` dimension sets.
+SPLIT_ENTITIES = {"channel": "stain", "time": "run"}
 
 
 @dataclass(frozen=True)
@@ -451,6 +457,22 @@ def _build(path: Path, doc: dict[str, Any], text: str, fail: Any) -> PackagingSp
                 f"folder {folder!r} is listed twice" + (" with the same select" if select else ""),
             )
         folders.add(key)
+        for dim in ch.get("split", ()):
+            entity = SPLIT_ENTITIES[dim]
+            if dim in select:
+                raise fail(
+                    ["channels", i, "split"], f"split by {dim} and select {dim} exclude each other"
+                )
+            if any(entity_name(e) == entity for e in ch.get("entities", {})):
+                raise fail(
+                    ["channels", i, "split"],
+                    f"split by {dim} sets the {entity} entity; remove it from entities",
+                )
+            if ch.get("labels_of") or ch.get("image") == "none":
+                raise fail(
+                    ["channels", i, "split"],
+                    "split is for intensity/label images, not labels_of or image = 'none'",
+                )
         vs = ch.get("voxel_size")
         voxel = None
         if vs is not None:
@@ -489,6 +511,7 @@ def _build(path: Path, doc: dict[str, Any], text: str, fail: Any) -> PackagingSp
                 if ch.get("labels_of")
                 else None,
                 select=select,
+                split=tuple(ch.get("split", ())),
                 label_name=ch.get("label_name")
                 or re.sub(r"[^A-Za-z0-9._-]", "_", ch.get("desc") or folder).lstrip("._-")
                 or f"label{i}",

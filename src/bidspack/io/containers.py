@@ -1081,6 +1081,7 @@ class ImarisSource(ContainerSource):
         self.channel_names = tuple(names)
         cidx = _select(self.path, "channel", channel, len(chans), [n for n in names])
         self.channel, self.time = cidx, tidx
+        self.n_channels, self.n_times = len(chans), len(times)
         self.channel_name = names[cidx] or None
         ds = tp[f"Channel {cidx}/Data"]
         try:
@@ -1531,6 +1532,7 @@ class ChunkedStoreSource(ContainerSource):
         for n, size in zip(names, arr.shape, strict=True):
             if n == "c":
                 self.channel = _select(target, "channel", channel, size, self.channel_names)
+                self.n_channels = int(size)
                 self.channel_name = (
                     self.channel_names[self.channel]
                     if self.channel < len(self.channel_names)
@@ -1539,6 +1541,7 @@ class ChunkedStoreSource(ContainerSource):
                 index.append(self.channel)
             elif n == "t":
                 self.time = _select(target, "time point", time, size)
+                self.n_times = int(size)
                 index.append(self.time)
             elif n in ("z", "y", "x"):
                 index.append(slice(None))

@@ -18,7 +18,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +155,10 @@ class ImageSource(ABC):
     #: what the file holds beyond this (z, y, x) selection (vendor files: other
     #: channels, time points, scenes, hidden dimensions); empty when nothing is left
     left_out: tuple[str, ...] = ()
+    #: channels and time points the file holds (the image is one of them; vendor and
+    #: container files may hold several, see ``left_out``)
+    n_channels: int = 1
+    n_times: int = 1
     #: acquisition metadata the file carries, keyed by BIDS sidecar field names
     #: (``Manufacturer``, ``NumericalAperture``, ...; see
     #: :func:`bidspack.io.omexml.instrument_of`); empty when none
@@ -430,6 +434,26 @@ def _ome_geometry(
         return physical_sizes_um(xml), origin_um(xml), instrument_of(xml)
     except ValueError as exc:
         raise SourceError(path, f"OME-XML physical sizes unusable ({exc})") from exc
+
+
+def left_out_of(src: ImageSource, split: Sequence[str] = ()) -> tuple[str, ...]:
+    """What *src*'s file holds beyond the image bidspack reads: its own ``left_out``
+    plus other channels and time points known only from ``n_channels`` / ``n_times``
+    (container readers), without the dimensions in *split* (``"channel"``,
+    ``"time"``), which are written as images of their own."""
+    items = list(src.left_out)
+    channel = getattr(src, "channel", 0) or 0
+    time = getattr(src, "time", 0) or 0
+    if src.n_channels > 1 and not any(i.startswith("channel(s)") for i in items):
+        others = [str(c) for c in range(src.n_channels) if c != channel]
+        items.append("channel(s) " + ", ".join(others))
+    if src.n_times > 1 and not any(i.startswith("time point(s)") for i in items):
+        others = [str(t) for t in range(src.n_times) if t != time]
+        if len(others) > 8:
+            others = [*others[:3], "...", others[-1]]
+        items.append("time point(s) " + ", ".join(others))
+    drop = tuple(p for d, p in (("channel", "channel(s)"), ("time", "time point(s)")) if d in split)
+    return tuple(i for i in items if not (drop and i.startswith(drop)))
 
 
 def open_files(folder: Path, files: list[Path]) -> ImageSource:

@@ -842,6 +842,7 @@ class VendorImage(ImageSource):
             raise SourceError(self.path, f"channel {channel} does not exist ({nc} channel(s))")
         if not 0 <= time < nt:
             raise SourceError(self.path, f"time point {time} does not exist ({nt})")
+        self.n_channels, self.n_times = int(nc), int(nt)
         return channel
 
     @staticmethod

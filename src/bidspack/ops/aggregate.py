@@ -26,7 +26,7 @@ from bidspack.bids.metadata import omexml_metadata
 from bidspack.errors import OutputError, PlanError
 from bidspack.io.ometiff import Compression, write_ome_tiff
 from bidspack.io.omezarr import DEFAULT_VERSION, NGFF_VERSIONS, write_ome_zarr
-from bidspack.io.sources import ImageSource, open_source
+from bidspack.io.sources import ImageSource, left_out_of, open_source
 from bidspack.io.voxels import VoxelSize, VoxelSizeError, resolve_voxel_size, zarr_zyx
 from bidspack.records import Record
 from bidspack.safety import is_within
@@ -89,7 +89,7 @@ class AggregatePlan:
             "image": self.kind,
             "labels": {n: str(s.path) for n, s in self.labels.items()},
             "origin_zyx_um": list(self.origin_um) if self.origin_um else None,
-            "left_out": list(self.source.left_out),
+            "left_out": list(left_out_of(self.source)),
         }
 
 
@@ -275,6 +275,6 @@ def aggregate(
         str(out),
         "ok",
         f"{len(plan.source.files)} file(s) {shape} {plan.source.dtype} -> {what}"
-        + (f"; left out: {'; '.join(plan.source.left_out)}" if plan.source.left_out else ""),
+        + (f"; left out: {'; '.join(left)}" if (left := left_out_of(plan.source)) else ""),
         {**plan.describe(), **details},
     )

@@ -37,7 +37,14 @@ from bidspack.errors import (
 )
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
-from bidspack.io.sources import ImageSource, is_tiff, open_files, open_source, slice_index
+from bidspack.io.sources import (
+    ImageSource,
+    is_tiff,
+    left_out_of,
+    open_files,
+    open_source,
+    slice_index,
+)
 from bidspack.io.tree import JUNK_REASON, Scan, is_junk, refusal, scan
 from bidspack.io.voxels import VoxelSize, VoxelSizeError, resolve_voxel_size, zarr_zyx
 from bidspack.ops.session import (
@@ -274,6 +281,46 @@ def _voxel_size(
     return voxel
 
 
+def _split_variants(submission: Path, reader: str, files: list[str], ch: Channel) -> list[Channel]:
+    """The spec entry *ch*, or with ``split``, one entry per channel and/or time point
+    of its vendor or container file: ``select`` gains the index, ``entities`` the
+    ``stain`` (the channel name made a BIDS label; ``c<index>`` for every channel when
+    a name is missing or two collide) and the ``run`` (time index + 1).
+
+    Raises:
+        PlanError: ``split`` on a slice folder or a TIFF stack.
+        SourceError: the file cannot be read.
+    """
+    if not ch.split:
+        return [ch]
+    if reader != "file" or is_tiff(Path(files[0])):
+        raise PlanError(
+            submission / files[0],
+            "split is for vendor and container files holding several channels or time points",
+        )
+    src = open_planned(submission, reader, files, ch.select)
+    names = [re.sub(r"[^A-Za-z0-9]", "", str(n or "")) for n in src_channel_names(src)]
+    if len(names) != src.n_channels or "" in names or len(set(names)) != len(names):
+        names = [f"c{i}" for i in range(src.n_channels)]
+    channels: list[int | None] = list(range(src.n_channels)) if "channel" in ch.split else [None]
+    times: list[int | None] = list(range(src.n_times)) if "time" in ch.split else [None]
+    out = []
+    for c in channels:
+        for t in times:
+            select, entities = dict(ch.select), dict(ch.entities)
+            if c is not None:
+                select["channel"], entities["stain"] = c, names[c]
+            if t is not None:
+                select["time"], entities["run"] = t, str(t + 1)
+            out.append(replace(ch, select=select, entities=entities))
+    return out
+
+
+def src_channel_names(src: ImageSource) -> list[str]:
+    """The channel names a vendor or container source reports (may be empty)."""
+    return [str(n) for n in (getattr(src, "channel_names", ()) or ())]
+
+
 def _file_metadata(
     spec: PackagingSpec, ch: Channel, src: ImageSource
 ) -> tuple[dict[str, Any], list[str]]:
@@ -405,68 +452,79 @@ def build_plan(
                     raise PlanError(submission / rel, "no TIFF image in this channel folder")
                 reader = "file" if (submission / rel).is_file() else "folder"
                 try:
-                    src = open_planned(submission, reader, image_files, ch.select)
+                    variants = _split_variants(submission, reader, image_files, ch)
                 except (SourceError, ResourceLimitError) as exc:
                     unreadable.append(exc)  # every unreadable image is named at once
                     continue
-                voxel = _voxel_size(spec, ch, src, rel, override_voxel_size)
-                file_fields, meta_warnings = _file_metadata(spec, ch, src)
-                entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
-                if ch.type == "derivative" and ch.desc:
-                    entities["description"] = ch.desc
-                tiff_ext = ome_tiff_extension(src.shape, src.dtype)
-                stem = micr_path(entities, ch.suffix, "")
-                if ch.type == "derivative":
-                    stem = f"derivatives/{ch.pipeline}/{stem}"
-                    pipelines.setdefault(str(ch.pipeline), False)
-                src_rels = tuple(Path(p).relative_to(submission).as_posix() for p in src.files)
-                common: dict[str, Any] = {
-                    "shape_zyx": list(src.shape),
-                    "dtype": src.dtype.name,
-                    "voxel_size_zyx_um": list(voxel.zyx_um),
-                    "voxel_size_origin": dict(voxel.origin),
-                    "image": ch.image,
-                    "name": PurePosixPath(stem).name,
-                    "channel_name": ch.entities.get("stain"),
-                    "reader": reader,
-                }
-                if ch.select:
-                    common["select"] = dict(ch.select)
-                if voxel.overridden:
-                    common["voxel_size_overridden"] = dict(voxel.overridden)
-                ome_meta = omexml_metadata(src.instrument)
-                if ome_meta:
-                    common["instrument"] = ome_meta
-                if meta_warnings:
-                    common["metadata_warnings"] = meta_warnings
-                if src.left_out:  # said in the plan and the run, never dropped silently
-                    common["left_out"] = list(src.left_out)
-                for fmt in out["formats"]:
-                    if fmt == "ome-zarr":
-                        target = stem + ".ome.zarr"
-                        params = {**common, "format": fmt, "ngff_version": out["ngff_version"]}
-                    else:
-                        target = stem + tiff_ext
-                        params = {
-                            **common,
-                            "format": fmt,
-                            "compression": out["compression"],
-                            "compression_level": out["compression_level"],
-                            "tile": out["tile"],
-                        }
-                    claim(target, rel)
-                    if fmt == "ome-zarr":
+                for ch in variants:  # one image per split channel/time point
+                    try:
+                        src = open_planned(submission, reader, image_files, ch.select)
+                    except (SourceError, ResourceLimitError) as exc:
+                        unreadable.append(exc)  # every unreadable image is named at once
+                        continue
+                    voxel = _voxel_size(spec, ch, src, rel, override_voxel_size)
+                    file_fields, meta_warnings = _file_metadata(spec, ch, src)
+                    entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
+                    if ch.type == "derivative" and ch.desc:
+                        entities["description"] = ch.desc
+                    tiff_ext = ome_tiff_extension(src.shape, src.dtype)
+                    stem = micr_path(entities, ch.suffix, "")
+                    if ch.type == "derivative":
+                        stem = f"derivatives/{ch.pipeline}/{stem}"
+                        pipelines.setdefault(str(ch.pipeline), False)
+                    src_rels = tuple(Path(p).relative_to(submission).as_posix() for p in src.files)
+                    common: dict[str, Any] = {
+                        "shape_zyx": list(src.shape),
+                        "dtype": src.dtype.name,
+                        "voxel_size_zyx_um": list(voxel.zyx_um),
+                        "voxel_size_origin": dict(voxel.origin),
+                        "image": ch.image,
+                        "name": PurePosixPath(stem).name,
+                        "channel_name": ch.entities.get("stain"),
+                        "reader": reader,
+                    }
+                    if ch.select:
+                        common["select"] = dict(ch.select)
+                    if voxel.overridden:
+                        common["voxel_size_overridden"] = dict(voxel.overridden)
+                    ome_meta = omexml_metadata(src.instrument)
+                    if ome_meta:
+                        common["instrument"] = ome_meta
+                    if meta_warnings:
+                        common["metadata_warnings"] = meta_warnings
+                    left_out = left_out_of(src, ch.split)
+                    if left_out:  # said in the plan and the run, never dropped silently
+                        common["left_out"] = list(left_out)
+                    if ch.split:
+                        common["split"] = {k: ch.select[k] for k in ch.split}
+                    for fmt in out["formats"]:
+                        if fmt == "ome-zarr":
+                            target = stem + ".ome.zarr"
+                            params = {**common, "format": fmt, "ngff_version": out["ngff_version"]}
+                        else:
+                            target = stem + tiff_ext
+                            params = {
+                                **common,
+                                "format": fmt,
+                                "compression": out["compression"],
+                                "compression_level": out["compression_level"],
+                                "tile": out["tile"],
+                            }
+                        claim(target, rel)
+                        if fmt == "ome-zarr":
+                            images[ch.folder] = _Image(
+                                rel, src.shape, voxel.zyx_um, src_rels, len(converts), reader
+                            )
+                        converts.append(Action("convert", target, src_rels, params, step=step))
+                    if "ome-zarr" not in out["formats"]:
                         images[ch.folder] = _Image(
-                            rel, src.shape, voxel.zyx_um, src_rels, len(converts), reader
+                            rel, src.shape, voxel.zyx_um, src_rels, None, reader
                         )
-                    converts.append(Action("convert", target, src_rels, params, step=step))
-                if "ome-zarr" not in out["formats"]:
-                    images[ch.folder] = _Image(rel, src.shape, voxel.zyx_um, src_rels, None, reader)
-                claim(stem + ".json", rel)
-                sidecar = metadata.micr_sidecar(
-                    voxel.zyx_um, file_fields, spec.raw.get("sidecar", {}), ch.sidecar
-                )
-                converts.append(Action("write", stem + ".json", (), step=step, content=sidecar))
+                    claim(stem + ".json", rel)
+                    sidecar = metadata.micr_sidecar(
+                        voxel.zyx_um, file_fields, spec.raw.get("sidecar", {}), ch.sidecar
+                    )
+                    converts.append(Action("write", stem + ".json", (), step=step, content=sidecar))
             used = set(image_files)
             for f in kept:
                 if f in used:
