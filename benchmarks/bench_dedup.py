@@ -15,7 +15,14 @@
     two copies may be up to 12 bits apart and a cluster may need several exemplars); 5 %
     of the items are then overwritten with exact copies of other items; shuffled. Order:
     ``seeded_order(N, seed)``.
-    - bidspack ``greedy_dedup`` (multi-index, exact) on all N.
+    - bidspack ``greedy_dedup`` (default method: compiled with numba, exact) on all N,
+      and both compiled kernels forced (``numba-scan``: the brute-force greedy loop
+      compiled; ``numba-mih``: multi-index), each compared decision by decision;
+      the first call of the compiled kernels (compilation, or loading them from numba's
+      cache) is timed separately, on a few hashes, before. ``--cold`` points
+      ``NUMBA_CACHE_DIR`` to an empty folder first, so that it is a full compilation.
+    - the numpy multi-index (``method="mih"``, the fallback without numba) on the first
+      ``--numpy-n`` items, identical decisions checked.
     - brute-force greedy (``greedy_dedup_bruteforce``: every item against every exemplar
       kept before it) on the first ``--brute-n`` items of the same order; the time per
       comparison is extrapolated to N with the exact number of comparisons at N
@@ -26,10 +33,13 @@
       items (recall: fraction of true duplicates given the same exemplar; exact
       agreement of every decision is also reported).
 
+(a) also times ``dhash64`` with the numpy engine and, with numba, on 2 threads
+(``threads=2``); the first numba call (compilation or cache load) separately.
+
 Prints measurements, never asserts on time. The machine this was written on has 2 CPU
 cores shared with other work; times vary from run to run.
 
-    python benchmarks/bench_dedup.py [--n 1000000] [--seed 0] [--quick]
+    python benchmarks/bench_dedup.py [--n 1000000] [--seed 0] [--quick] [--cold]
 """
 
 from __future__ import annotations
@@ -37,12 +47,18 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+if "--cold" in sys.argv:  # before numba is imported: compile into an empty cache
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_dedup-numba-")
+
 from bidspack.ops.derive.dedup import (
+    HAVE_NUMBA,
     dhash64,
     greedy_dedup,
     greedy_dedup_bruteforce,
@@ -100,24 +116,31 @@ def bench_dhash(count: int, loop_count: int) -> None:
     sub = patches[:loop_count]
     t_loop = best_of(lambda: [cem(p) for p in sub], 2) / sub.shape[0]
     ref = np.array([cem(p) for p in sub], dtype=np.uint64)
-    ours = dhash64(patches)
-    equal = np.array_equal(ours[: sub.shape[0]], ref)
-    t_ours = best_of(lambda: dhash64(patches), 3) / n
     print(f"    CEM-style loop (PIL + imagehash), {sub.shape[0]} patches:", end="")
     print(f" {t_loop * 1e6:8.1f} us/patch")
-    print(
-        f"    bidspack dhash64 (BLAS threads as set):     {t_ours * 1e6:8.1f} us/patch"
-        f"   ratio {t_loop / t_ours:5.1f}x   hashes equal: {equal}"
-    )
+    if HAVE_NUMBA:
+        t0 = time.perf_counter()
+        dhash64(patches[:1])
+        dhash64(patches[:2], threads=2)
+        print(f"    numba first calls (compile or cache load): {time.perf_counter() - t0:.2f} s")
+    runs = [("numba, 1 thread", {}), ("numba, threads=2", {"threads": 2})] if HAVE_NUMBA else []
+    runs.append(("numpy engine, BLAS as set", {"engine": "numpy"}))
+    for label, kw in runs:
+        equal = np.array_equal(dhash64(sub, **kw), ref)
+        t_ours = best_of(lambda kw=kw: dhash64(patches, **kw), 3) / n
+        print(
+            f"    bidspack dhash64 ({label}):".ljust(48) + f"{t_ours * 1e6:8.1f} us/patch"
+            f"   ratio {t_loop / t_ours:5.1f}x   hashes equal: {equal}"
+        )
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return
     with threadpool_limits(limits=1, user_api="blas"):
-        t_one = best_of(lambda: dhash64(patches), 3) / n
+        t_one = best_of(lambda: dhash64(patches, engine="numpy"), 3) / n
     print(
-        f"    bidspack dhash64 (BLAS limited to 1 thread): {t_one * 1e6:8.1f} us/patch"
-        f"   ratio {t_loop / t_one:5.1f}x"
+        "    bidspack dhash64 (numpy engine, BLAS 1 thread):".ljust(48)
+        + f"{t_one * 1e6:8.1f} us/patch   ratio {t_loop / t_one:5.1f}x"
     )
 
 
@@ -182,19 +205,57 @@ def faiss_greedy(hashes: np.ndarray, order: np.ndarray, t: int, nhash: int, bits
 
 
 def bench_dedup(
-    n: int, seed: int, brute_n: int, faiss_n: int, faiss_cfgs: list[tuple[int, int, int]]
+    n: int,
+    seed: int,
+    brute_n: int,
+    faiss_n: int,
+    faiss_cfgs: list[tuple[int, int, int]],
+    numpy_n: int = 0,
 ) -> None:
     t = 12
     print(f"(b) greedy dedup, threshold {t}, {n} synthetic 64-bit hashes in one group, seed {seed}")
     h = synthetic_hashes(n, seed)
     order = seeded_order(n, seed)
+    if HAVE_NUMBA:
+        t0 = time.perf_counter()
+        for m in ("numba-scan", "numba-mih"):
+            greedy_dedup(h[:50], t, method=m)
+        print(
+            f"    numba first calls (compile or cache load): {time.perf_counter() - t0:.2f} s"
+            f"{'  (--cold: empty cache)' if '--cold' in sys.argv else ''}"
+        )
     t0 = time.perf_counter()
     res = greedy_dedup(h, t, order)
     t_ours = time.perf_counter() - t0
+    label = "compiled" if HAVE_NUMBA else "numpy multi-index"
     print(
-        f"    bidspack greedy_dedup (multi-index):    {t_ours:8.2f} s   kept {res.n_kept}"
+        f"    bidspack greedy_dedup ({label}): {t_ours:8.2f} s   kept {res.n_kept}"
         f" ({res.n_kept / n:.1%})"
     )
+    if HAVE_NUMBA:
+        for m in ("numba-scan", "numba-mih"):
+            t0 = time.perf_counter()
+            other = greedy_dedup(h, t, order, method=m)
+            dt = time.perf_counter() - t0
+            dup = ~other.kept
+            recall = float(np.mean(res.exemplar[dup] == other.exemplar[dup])) if dup.any() else 1
+            print(
+                f"      method={m}: {dt:8.2f} s   all decisions identical to the default:"
+                f" {other.same_as(res)}  recall {recall:.4f}"
+            )
+    if numpy_n:
+        sub_n = order[: min(numpy_n, n)]
+        t0 = time.perf_counter()
+        np_res = greedy_dedup(h[sub_n], t, method="mih")
+        t_np = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        nb_res = greedy_dedup(h[sub_n], t)
+        t_nb = time.perf_counter() - t0
+        print(
+            f"    numpy multi-index (method=mih) on the first {sub_n.shape[0]} items:"
+            f" {t_np:.2f} s (default method on the same: {t_nb:.2f} s; identical:"
+            f" {np_res.same_as(nb_res)})"
+        )
     # brute force on a prefix of the order, extrapolated by the number of comparisons
     kept_in_order = res.kept[order].astype(np.int64)
     comparisons_full = int((np.cumsum(kept_in_order) - kept_in_order).sum())
@@ -255,13 +316,16 @@ def main() -> None:
     ap.add_argument("--patches", type=int, default=1500, help="patches in (a)")
     ap.add_argument("--brute-n", type=int, default=30_000)
     ap.add_argument("--faiss-n", type=int, default=50_000)
+    ap.add_argument("--numpy-n", type=int, default=200_000, help="items for method=mih")
+    ap.add_argument("--cold", action="store_true", help="empty numba cache (full compile)")
     args = ap.parse_args()
     if args.quick:
         args.n, args.patches, args.brute_n, args.faiss_n = 50_000, 200, 5_000, 5_000
+        args.numpy_n = 20_000
     print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}, numpy {np.__version__}")
     bench_dhash(args.patches, min(args.patches, 400))
     cfgs = [(4, 16, 2), (4, 16, 3)]
-    bench_dedup(args.n, args.seed, args.brute_n, args.faiss_n, cfgs)
+    bench_dedup(args.n, args.seed, args.brute_n, args.faiss_n, cfgs, args.numpy_n)
 
 
 if __name__ == "__main__":

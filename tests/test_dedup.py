@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import imagehash
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import tifffile
 
 from bidspack.ops.derive.dedup import (
+    HAVE_NUMBA,
     DedupResult,
     dhash64,
     exact_duplicates,
@@ -97,7 +99,52 @@ def test_dhash_equals_imagehash_synthetic(shape: tuple[int, int]) -> None:
             np.broadcast_to(np.arange(w, dtype=np.uint8) * 7, (1, h, w)),  # ramp
         ]
     )
-    assert np.array_equal(dhash64(patches, pillow=PILLOW_MAJOR), reference(patches))
+    expect = reference(patches)
+    assert np.array_equal(dhash64(patches, pillow=PILLOW_MAJOR), expect)
+    assert np.array_equal(dhash64(patches, pillow=PILLOW_MAJOR, engine="numpy"), expect)
+    if HAVE_NUMBA:
+        got = dhash64(patches, pillow=PILLOW_MAJOR, engine="numba", threads=2)
+        assert np.array_equal(got, expect)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_dhash_numba_equals_numpy_engine_on_many_shapes() -> None:
+    """The compiled and numpy engines agree (both Pillow orders, both thread settings) on
+    random, clipping-heavy and smooth patches of shapes around the padding/window edges."""
+    rng = np.random.default_rng(13)
+    shapes = [(224, 224), (256, 256), (9, 9), (8, 8), (1, 9), (8, 1), (2, 2), (33, 31),
+              (31, 33), (64, 40), (200, 60), (60, 200), (48, 2000), (150, 1), (1, 150)]  # fmt: skip
+    for h, w in shapes:
+        smooth = np.cumsum(rng.integers(0, 3, (4, h, w)), axis=2).clip(0, 255).astype(np.uint8)
+        patches = np.concatenate(
+            [
+                rng.integers(0, 256, (8, h, w), dtype=np.uint8),
+                (rng.integers(0, 2, (4, h, w)) * 255).astype(np.uint8),
+                smooth,
+            ]
+        )
+        for pillow in (12, 13):
+            expect = dhash64(patches, pillow=pillow, engine="numpy")
+            for threads in (1, 2):
+                got = dhash64(patches, pillow=pillow, engine="numba", threads=threads)
+                assert np.array_equal(got, expect), (h, w, pillow, threads)
+            assert np.array_equal(dhash64(patches[3], pillow=pillow), expect[3:4])
+
+
+def test_dhash_from_a_worker_thread_runs_serially_and_equal(slices: list[np.ndarray]) -> None:
+    import threading
+
+    tiles = np.stack([slices[2][y : y + 96, x : x + 96] for y in (0, 90) for x in (0, 80, 170)])
+    expect = reference(tiles)
+    got: list[np.ndarray] = []
+    workers = [
+        threading.Thread(target=lambda: got.append(dhash64(tiles, threads=2))) for _ in range(3)
+    ]
+    for th in workers:
+        th.start()
+    for th in workers:
+        th.join()
+    assert len(got) == 3 and all(np.array_equal(g, expect) for g in got)
 
 
 def test_constant_patch_hash_is_zero() -> None:
@@ -138,6 +185,10 @@ def test_dhash_refuses_other_dtypes_and_shapes() -> None:
         dhash64(np.zeros((2, 0, 8), np.uint8))
     assert dhash64(np.zeros((0, 8, 8), np.uint8)).shape == (0,)
     assert dhash64(np.zeros((8, 8), np.uint8)).shape == (1,)
+    with pytest.raises(ValueError, match="engine"):
+        dhash64(np.zeros((2, 8, 8), np.uint8), engine="cuda")
+    with pytest.raises(ValueError, match="threads"):
+        dhash64(np.zeros((2, 8, 8), np.uint8), threads=0)
 
 
 def test_lanczos_coefficients_sum_to_one_in_fixed_point() -> None:
@@ -227,10 +278,77 @@ def test_fast_greedy_equals_bruteforce(n: int, threshold: int) -> None:
     for seed in (0, 1):
         order = seeded_order(n, seed)
         ref = greedy_dedup_bruteforce(h, threshold, order)
-        for method, block in (("auto", 256), ("mih", 1), ("mih", 50), ("blocked", 64)):
+        for method, block in (("auto", 256), ("mih", 1), ("mih", 50), ("blocked", 64)) + (
+            (("numba", 256), ("numba-scan", 256), ("numba-mih", 256)) if HAVE_NUMBA else ()
+        ):
             got = greedy_dedup(h, threshold, order, method=method, block=block)
             assert got.same_as(ref), (method, block, seed)
     assert greedy_dedup(h, threshold).same_as(greedy_dedup_bruteforce(h, threshold))
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("threshold", [0, 1, 2, 4, 7, 12, 16, 24, 40, 63, 64])
+def test_compiled_greedy_equals_bruteforce_random_and_clustered(threshold: int) -> None:
+    rng = np.random.default_rng(threshold)
+    uniform = rng.integers(0, 2**64, 3000, dtype=np.uint64)
+    # tight clusters: 30 centres, members 0-4 bits away, some exact repeats
+    centres = rng.integers(0, 2**64, 30, dtype=np.uint64)
+    members = centres[rng.integers(0, 30, 3000)]
+    for _ in range(4):
+        flip = np.uint64(1) << rng.integers(0, 64, 3000).astype(np.uint64)
+        members = np.where(rng.random(3000) < 0.5, members ^ flip, members)
+    low_weight = (np.uint64(1) << rng.integers(0, 64, 500).astype(np.uint64)) | np.uint64(0)
+    for h in (uniform, members, np.concatenate([members, uniform, low_weight])):
+        order = seeded_order(h.shape[0], threshold)
+        ref = greedy_dedup_bruteforce(h, threshold, order)
+        for method in ("numba", "numba-scan", "numba-mih"):
+            assert greedy_dedup(h, threshold, order, method=method).same_as(ref), method
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba not installed")
+def test_compiled_greedy_empty_single_and_constant() -> None:
+    for method in ("numba", "numba-scan", "numba-mih"):
+        for t in (0, 12, 64):
+            empty = greedy_dedup(np.zeros(0, np.uint64), t, method=method)
+            assert empty.exemplar.shape == (0,) and empty.n_kept == 0
+            one = greedy_dedup([2**64 - 1], t, method=method)
+            assert one.exemplar.tolist() == [0] and one.distance.tolist() == [0]
+            same = greedy_dedup(np.full(20, 5, np.uint64), t, seeded_order(20, 1), method=method)
+            assert set(same.exemplar.tolist()) == {int(seeded_order(20, 1)[0])}
+        # threshold 64: everything is a duplicate of the first item in the order
+        h = np.random.default_rng(1).integers(0, 2**64, 300, dtype=np.uint64)
+        res = greedy_dedup(h, 64, seeded_order(300, 2), method=method)
+        assert res.n_kept == 1 and res.kept[int(seeded_order(300, 2)[0])]
+
+
+def test_numba_cache_unwritable_still_works(tmp_path: Path) -> None:
+    """With no writable cache location the kernels compile in memory (subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")  # no cache folder can be made below it, even as root
+    code = (
+        "import numpy as np\n"
+        "from bidspack.ops.derive.dedup import dhash64, greedy_dedup, HAVE_NUMBA\n"
+        "p = np.arange(2 * 30 * 40, dtype=np.uint8).reshape(2, 30, 40)\n"
+        "assert np.array_equal(dhash64(p), dhash64(p, engine='numpy'))\n"
+        "assert greedy_dedup([0, 1, 2**64 - 1], 3).exemplar.tolist() == [0, 0, 2]\n"
+        "print('ok', HAVE_NUMBA)\n"
+    )
+    # only the NUMBA_CACHE_DIR locator, and it cannot work: numba would raise at decoration
+    env = dict(
+        os.environ,
+        NUMBA_CACHE_DIR=str(blocker / "cache"),
+        NUMBA_CACHE_LOCATOR_CLASSES="UserProvidedCacheLocator",
+    )
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("ok")
 
 
 def test_greedy_larger_thresholds_and_constant_hashes() -> None:
@@ -336,5 +454,7 @@ def test_argument_errors() -> None:
         greedy_dedup(np.zeros(3, np.float64))
     with pytest.raises(ValueError, match="method"):
         greedy_dedup(h, method="faiss")
+    with pytest.raises(ValueError, match="block"):
+        greedy_dedup(h, block=0)
     with pytest.raises(ValueError):
         seeded_order(-1, 0)

@@ -157,6 +157,7 @@ def _planes(value: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the greedy order.")
 @click.option("--no-tsv", is_flag=True, help="Write index.parquet only (no index.tsv copy).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (images, planes, patch counts).")
+@dask_options
 @run_options
 @datalad_option
 @json_option
@@ -187,6 +188,8 @@ def patches_cmd(
     seed: int,
     no_tsv: bool,
     dry_run: bool,
+    workers: int | None,
+    scheduler: str | None,
     no_validate: bool,
     no_recover: bool,
     datalad: bool,
@@ -249,6 +252,8 @@ def patches_cmd(
             recover_first=not no_recover,
             progress=progress,
             datalad=datalad,
+            workers=workers,
+            scheduler=scheduler,
         )
         counts = render(
             keep(records),

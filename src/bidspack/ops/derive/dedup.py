@@ -1,6 +1,7 @@
 """Difference hashes (dHash) and greedy near-duplicate selection for 2D patches.
 
-Pure numpy (nothing else is imported); no bidspack upper-layer imports.
+numpy, plus numba for compiled kernels (see "compiled kernels" below; without numba the
+numpy implementations are used, with identical results); no bidspack upper-layer imports.
 
 **dHash.** :func:`dhash64` is bit for bit ``imagehash.dhash(PIL.Image.fromarray(patch),
 hash_size=8)`` (imagehash 4.3.x, which follows Krawetz, "Kind of like that", 2013): the
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -233,7 +235,9 @@ def vertical_first(h: int, w: int, pillow: int = 13) -> bool:
     return pillow >= 13 and w != HASH_W and h > HASH_H and (h - HASH_H) > 2 * (w - HASH_W)
 
 
-def dhash64(patches: npt.ArrayLike, *, pillow: int = 13) -> np.ndarray:
+def dhash64(
+    patches: npt.ArrayLike, *, pillow: int = 13, threads: int = 1, engine: str = "auto"
+) -> np.ndarray:
     """64-bit difference hashes of 2D uint8 patches, equal to ``imagehash.dhash``.
 
     *patches*: ``(n, h, w)`` (or one ``(h, w)`` patch) of dtype ``uint8``, any ``h, w >= 1``.
@@ -244,26 +248,44 @@ def dhash64(patches: npt.ArrayLike, *, pillow: int = 13) -> np.ndarray:
     ``imagehash.dhash(PIL.Image.fromarray(patch), hash_size=8)`` (imagehash 4.3) packed as
     in the module docstring: bit ``63 - (8 r + c)`` is ``small[r, c + 1] > small[r, c]``, so
     ``to_hex(h) == str(imagehash.dhash(...))``. Pillow's LANCZOS resize to 9 x 8 is
-    reproduced exactly (fixed-point weights, two passes with 8-bit clipping in between),
-    vectorised over the batch.
+    reproduced exactly (fixed-point weights, two passes with 8-bit clipping in between).
 
     *pillow*: the Pillow major version whose pass order to follow. Pillow >= 13 runs the
     vertical pass first for tall patches (:func:`vertical_first`); 7-12 always run the
     horizontal pass first. Square patches (and any with ``h - 8 <= 2 (w - 9)``) hash the
     same under both; checked bit for bit against the installed Pillow in the tests.
 
+    *engine*: ``"auto"`` (numba when importable, else numpy), ``"numba"`` or ``"numpy"``;
+    the hashes are identical. *threads*: with numba, hash the patches on up to this many
+    threads (``numba.prange``; at most ``NUMBA_NUM_THREADS``). Only calls from the main
+    thread run in parallel; others run serially (numba's default ``workqueue`` threading
+    layer must not be entered from two threads at once). Default 1: on cores that are
+    already busy, parallel workers wait on each other.
+
     CEM's ``crop_patches.py`` first resizes a short edge patch to the full crop size with
     ``BILINEAR`` before hashing; that step is the caller's (pad, drop or resize edge
     patches, then hash).
 
-    Speed: the horizontal pass is one float32 BLAS matrix-vector product per output column
-    over a block of patches (``DHASH_BLOCK_PIXELS`` pixels). When the cores are already busy
-    (Dask worker threads, other processes), limit the BLAS thread pool to one thread
+    Speed. numba: per patch, each of the 9 (8) outputs of the first pass is a dot product
+    over its Lanczos support window only (about 150 of 224 pixels at 224 -> 9); the
+    horizontal sums are float32 (vectorised), each checked against the rounding error
+    bound of :func:`_horizontal` and recomputed exactly in float64 when the bound cannot
+    decide Pillow's rounding (about 1 % of them); the vertical sums are exact float64.
+    numpy: one float32 BLAS matrix-vector product per output column over a block of
+    patches (``DHASH_BLOCK_PIXELS`` pixels), with the same check. When the cores are busy,
+    limit the BLAS thread pool of the numpy engine to one thread
     (``threadpoolctl.threadpool_limits(1, "blas")`` or ``OPENBLAS_NUM_THREADS=1``): a
-    spinning BLAS pool made this function 5-40x slower in our measurements.
+    spinning BLAS pool made it 5-40x slower in our measurements.
 
-    Raises ``ValueError`` for a wrong dtype or number of dimensions, or an empty side.
+    Raises ``ValueError`` for a wrong dtype or number of dimensions, an empty side, an
+    unknown engine (or ``"numba"`` without numba) or ``threads < 1``.
     """
+    if engine not in ("auto", "numba", "numpy"):
+        raise ValueError(f"unknown engine {engine!r}")
+    if engine == "numba" and not HAVE_NUMBA:
+        raise ValueError("engine 'numba' needs numba installed")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
     arr = np.asarray(patches)
     if arr.dtype != np.uint8:
         raise ValueError(f"dhash64 needs uint8 patches, got {arr.dtype}; convert to uint8 first")
@@ -274,6 +296,14 @@ def dhash64(patches: npt.ArrayLike, *, pillow: int = 13) -> np.ndarray:
     n, h, w = arr.shape
     if h < 1 or w < 1:
         raise ValueError(f"patches must have h, w >= 1, got {h} x {w}")
+    if n and engine != "numpy" and HAVE_NUMBA:
+        return _dhash64_compiled(arr, pillow, threads)
+    return _dhash64_numpy(arr, pillow)
+
+
+def _dhash64_numpy(arr: np.ndarray, pillow: int) -> np.ndarray:
+    """:func:`dhash64` in numpy, block by block (``arr``: ``(n, h, w)`` uint8)."""
+    n, h, w = arr.shape
     out = np.empty(n, dtype=_U64)
     step = max(1, DHASH_BLOCK_PIXELS // (h * w))
     v_first = vertical_first(h, w, pillow)
@@ -763,20 +793,38 @@ def greedy_dedup(
     exemplar and distance is returned (CEM kept only the exemplar paths); the cost is near
     linear in practice instead of quadratic.
 
-    **Method.** ``"auto"``/``"mih"``: CEM's leader loop on the distinct hashes, each block
-    of *block* next remaining items queried at once against a static multi-index of the
-    remaining hashes (64 bits cut into 3-8 substrings with pigeonhole radii, see
-    :func:`_plan`; every candidate verified exactly), rebuilt when half of it is gone;
-    falls back to blocked brute force where the cost model says that is cheaper (large
-    thresholds, small sets). ``"blocked"``: the same loop with blocked brute-force
-    queries. Both are exact: the result is identical to :func:`greedy_dedup_bruteforce`.
+    **Method.** Every method works on the distinct hashes (ranked by first occurrence) and
+    is exact: the result is identical to :func:`greedy_dedup_bruteforce`; only the speed
+    differs. ``"auto"``: ``"numba"`` when numba is importable, else ``"mih"``.
+
+    - ``"numba"``: compiled; ``"numba-scan"`` or ``"numba-mih"`` as chosen by a cost model
+      (:func:`_plan_compiled`; threshold 0 needs no search at all).
+    - ``"numba-scan"``: the brute-force greedy loop compiled: each hash is compared with
+      the exemplars kept so far, in kept order, 128 at a time in a vectorised loop
+      (``vpopcntq`` on AVX-512 CPUs), stopping at the first within the threshold.
+      ``O(n k)`` comparisons at worst (``k`` exemplars) but about 0.1-0.4 ns each; 1 M
+      hashes of ``benchmarks/bench_dedup.py`` (b) in about 10-30 s on one core.
+    - ``"numba-mih"``: the same loop with the exemplars in a multi-index (Norouzi,
+      Punjani & Fleet, "Fast exact search in Hamming space with multi-index hashing",
+      IEEE TPAMI 2014): 64 bits cut into substrings, each exemplar filed under each
+      substring; a query probes every key within the substring's pigeonhole radius
+      (:func:`_plan`), so no exemplar within the threshold is missed. Fast for small
+      thresholds; at 12 about as fast as the scan.
+    - ``"mih"`` (numpy): CEM's leader loop, each block of *block* next remaining items
+      queried at once against a static multi-index of the remaining hashes (64 bits cut
+      into 3-8 substrings with pigeonhole radii, see :func:`_plan`; every candidate
+      verified exactly), rebuilt when half of it is gone; falls back to blocked brute force
+      where the cost model says that is cheaper (large thresholds, small sets).
+    - ``"blocked"`` (numpy): the same loop with blocked brute-force queries.
 
     Returns a :class:`DedupResult`. Raises ``ValueError`` for hashes that are not 1-D
     64-bit integers, a threshold outside 0..64, an order that is not a permutation, or an
-    unknown method.
+    unknown method (or a ``"numba..."`` method without numba).
     """
-    if method not in ("auto", "mih", "blocked"):
+    if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}")
+    if method.startswith("numba") and not HAVE_NUMBA:
+        raise ValueError(f"method {method!r} needs numba installed")
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     h = _as_hashes(hashes)
@@ -791,7 +839,13 @@ def greedy_dedup(
     by_rank = np.argsort(first_pos, kind="stable")  # rank -> index into uniq
     rank_of = np.empty_like(by_rank)
     rank_of[by_rank] = np.arange(by_rank.shape[0], dtype=by_rank.dtype)
-    ex_rank, dist_rank = _leader(uniq[by_rank], t, method, block)
+    values = uniq[by_rank]
+    if method == "auto":
+        method = "numba" if HAVE_NUMBA else "mih"
+    if method.startswith("numba"):
+        ex_rank, dist_rank = _leader_compiled(values, t, method)
+    else:
+        ex_rank, dist_rank = _leader(values, t, method, block)
     item_rank = rank_of[inverse.ravel()]  # rank of the item at each position of `order`
     exemplar = np.empty(n, dtype=np.int64)
     distance = np.empty(n, dtype=np.int64)
@@ -799,3 +853,468 @@ def greedy_dedup(
     exemplar[o] = first_item[ex_rank[item_rank]]
     distance[o] = dist_rank[item_rank]
     return _result(exemplar, distance, t)
+
+
+# ------------------------------------------------------------ compiled kernels (numba)
+#
+# Numba (``numba.njit``) versions of the dHash resize and of the greedy leader loop. Each
+# kernel is a plain function compiled on first call (``cache=True``: later processes load
+# the machine code from ``__pycache__`` or numba's user cache; where no cache directory is
+# writable the kernels are compiled in memory, see :func:`_jit`). Without numba the numpy
+# implementations above are used. The kernels use only integer arithmetic or float sums
+# that are exact (integers below 2**53), except the float32 dot products of
+# :func:`_nb_hpass32`, whose rounding is checked against an error bound and redone
+# exactly where undecided, so every result equals the numpy path and Pillow bit for bit.
+
+try:
+    import numba as _numba
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy path remains
+    _numba = None  # type: ignore[assignment]
+
+#: Whether the compiled kernels are available (numba importable).
+HAVE_NUMBA = _numba is not None
+#: Fast-math flags of the float dot-product kernels: reassociation lets LLVM vectorise the
+#: sums (exact sums in float64 do not depend on the order; the float32 sums are checked
+#: against an order-independent bound). No other kernel uses fast math.
+_DOT_FASTMATH = {"reassoc", "contract", "nsz"}
+
+
+def _jit(*, parallel: bool = False, fastmath: Any = False) -> Any:
+    """``numba.njit(cache=True, nogil=True, ...)``; without a writable cache location
+    (read-only install and home: numba raises ``RuntimeError`` at decoration) the kernel
+    is compiled in memory instead. Identity when numba is missing."""
+
+    def deco(fn: Any) -> Any:
+        if _numba is None:  # pragma: no cover
+            return fn
+        opts = {"nogil": True, "parallel": parallel, "fastmath": fastmath}
+        try:
+            return _numba.njit(cache=True, **opts)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return _numba.njit(cache=False, **opts)(fn)
+
+    return deco
+
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+
+
+@_jit()
+def _nb_popcount(x: np.uint64) -> np.uint64:
+    """Set bits of a uint64 (SWAR; LLVM emits ``popcnt`` / ``vpopcntq`` for it)."""
+    x = x - ((x >> np.uint64(1)) & _M1)
+    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
+    x = (x + (x >> np.uint64(4))) & _M4
+    return (x * _H01) >> np.uint64(56)
+
+
+# -- dHash ---------------------------------------------------------------------------
+
+
+@_jit(fastmath=_DOT_FASTMATH)
+def _nb_dot32(x: np.ndarray, w: np.ndarray, lo: int, n: int) -> np.float32:
+    """``sum(x[lo:lo+n] * w[:n])`` in float32, any summation order (vectorised)."""
+    acc = np.float32(0.0)
+    seg = x[lo : lo + n]
+    for k in range(n):
+        acc += seg[k] * w[k]
+    return acc
+
+
+@_jit(fastmath=_DOT_FASTMATH)
+def _nb_dot64(x: np.ndarray, w: np.ndarray, lo: int, n: int) -> float:
+    """``sum(x[lo:lo+n] * w[:n])`` in float64; exact (any order) for integer-valued
+    operands whose products and partial sums stay below 2**53."""
+    acc = 0.0
+    seg = x[lo : lo + n]
+    for k in range(n):
+        acc += np.float64(seg[k]) * w[k]
+    return acc
+
+
+@_jit()
+def _nb_shift8(s: float) -> float:
+    """Pillow's ``clip8((2**21 + s) >> 22)`` of an exact integer-valued sum *s*."""
+    v = np.floor((s + 2097152.0) * (1.0 / 4194304.0))
+    return min(max(v, 0.0), 255.0)
+
+
+@_jit()
+def _nb_hpass32(
+    row: np.ndarray,
+    lo: np.ndarray,
+    ln: np.ndarray,
+    w32: np.ndarray,
+    w64: np.ndarray,
+    limit: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Horizontal pass of one float32 row (integer values 0..255) into ``out[:9]``.
+
+    ``y = sum(p * K / 2**22) + 1/2`` in float32; when ``|frac(y) - 1/2| > limit[j]`` (``y``
+    within the error bound of an integer, see :func:`_horizontal`) or ``limit[j] < 0``
+    (too wide for the bound), the sum is recomputed exactly in float64."""
+    for j in range(HASH_W):
+        if limit[j] >= 0.0:
+            y = _nb_dot32(row, w32[j], lo[j], ln[j]) + np.float32(0.5)
+            f = np.floor(y)
+            if abs((y - f) - np.float32(0.5)) <= limit[j]:
+                out[j] = min(max(np.float64(f), 0.0), 255.0)
+                continue
+        out[j] = _nb_shift8(_nb_dot64(row, w64[j], lo[j], ln[j]))
+
+
+@_jit()
+def _nb_dhash_one(
+    img: np.ndarray,
+    hlo: np.ndarray,
+    hln: np.ndarray,
+    hw32: np.ndarray,
+    hw64: np.ndarray,
+    hlim: np.ndarray,
+    vlo: np.ndarray,
+    vln: np.ndarray,
+    vw64: np.ndarray,
+    v_first: bool,
+) -> np.uint64:
+    """dHash of one ``(h, w)`` uint8 image (see :func:`dhash64`): Pillow's two 8-bit passes
+    to 9 x 8, then the 64 comparison bits, first bit most significant."""
+    h, w = img.shape
+    do_h = w != HASH_W
+    do_v = h != HASH_H
+    small = np.empty((HASH_H, HASH_W))
+    if v_first:  # vertical pass (exact, float64) over every column, then horizontal
+        mid = np.zeros((HASH_H, w + _PAD))
+        acc = np.empty(w)
+        for r in range(HASH_H):
+            acc[:] = 0.0
+            for k in range(vln[r]):
+                wk = vw64[r, k]
+                src = img[vlo[r] + k]
+                for x in range(w):
+                    acc[x] += np.float64(src[x]) * wk
+            for x in range(w):
+                mid[r, x] = _nb_shift8(acc[x])
+        for r in range(HASH_H):
+            for j in range(HASH_W):
+                small[r, j] = _nb_shift8(_nb_dot64(mid[r], hw64[j], hlo[j], hln[j]))
+    else:  # horizontal pass (float32, checked) over every row, then vertical (exact)
+        tmp = np.empty((h, HASH_W))
+        if do_h:
+            row = np.zeros(w + _PAD, np.float32)
+            for y in range(h):
+                src = img[y]
+                for x in range(w):
+                    row[x] = src[x]
+                _nb_hpass32(row, hlo, hln, hw32, hw64, hlim, tmp[y])
+        else:
+            for y in range(h):
+                for x in range(w):
+                    tmp[y, x] = img[y, x]
+        if do_v:
+            for r in range(HASH_H):
+                for j in range(HASH_W):
+                    s = 0.0
+                    for k in range(vln[r]):
+                        s += tmp[vlo[r] + k, j] * vw64[r, k]
+                    small[r, j] = _nb_shift8(s)
+        else:
+            small[:, :] = tmp
+    bits = np.uint64(0)
+    for r in range(HASH_H):
+        for c in range(HASH_W - 1):
+            bits = (bits << np.uint64(1)) | np.uint64(small[r, c + 1] > small[r, c])
+    return bits
+
+
+@_jit()
+def _nb_dhash_serial(
+    arr: np.ndarray,
+    hlo: np.ndarray,
+    hln: np.ndarray,
+    hw32: np.ndarray,
+    hw64: np.ndarray,
+    hlim: np.ndarray,
+    vlo: np.ndarray,
+    vln: np.ndarray,
+    vw64: np.ndarray,
+    v_first: bool,
+    out: np.ndarray,
+) -> None:
+    for i in range(arr.shape[0]):
+        out[i] = _nb_dhash_one(arr[i], hlo, hln, hw32, hw64, hlim, vlo, vln, vw64, v_first)
+
+
+@_jit(parallel=True)
+def _nb_dhash_parallel(
+    arr: np.ndarray,
+    hlo: np.ndarray,
+    hln: np.ndarray,
+    hw32: np.ndarray,
+    hw64: np.ndarray,
+    hlim: np.ndarray,
+    vlo: np.ndarray,
+    vln: np.ndarray,
+    vw64: np.ndarray,
+    v_first: bool,
+    out: np.ndarray,
+) -> None:
+    for i in _numba.prange(arr.shape[0]):
+        out[i] = _nb_dhash_one(arr[i], hlo, hln, hw32, hw64, hlim, vlo, vln, vw64, v_first)
+
+
+#: Dot-product lengths of the dHash kernels are padded to multiples of this (32 float32 =
+#: one unrolled step of LLVM's vectorised loop); row buffers carry as many zeros behind.
+_PAD = 32
+
+
+@functools.lru_cache(maxsize=64)
+def _windows(in_size: int, out_size: int, pad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Support windows of :func:`lanczos_coefficients`: first index ``(o,)``, length
+    ``(o,)`` (first to last nonzero weight; with *pad*, rounded up to a multiple of ``_PAD``
+    for rows that carry ``_PAD`` zeros behind) and the
+    weights ``(o, max length)`` float64 (zero beyond the support)."""
+    k = lanczos_coefficients(in_size, out_size)
+    lo = np.zeros(out_size, np.int64)
+    ln = np.zeros(out_size, np.int64)
+    for j in range(out_size):
+        nz = np.flatnonzero(k[j])
+        if nz.size:
+            lo[j], ln[j] = nz[0], nz[-1] - nz[0] + 1
+    if pad:  # whole vectors (zero weights behind the support)
+        ln = np.minimum(-(-ln // _PAD) * _PAD, in_size + _PAD - lo)
+    wts = np.zeros((out_size, max(1, int(ln.max()))), np.float64)
+    for j in range(out_size):
+        span = k[j, lo[j] : lo[j] + ln[j]]
+        wts[j, : span.shape[0]] = span
+    for a in (lo, ln, wts):
+        a.setflags(write=False)
+    return lo, ln, wts
+
+
+def _dhash64_compiled(arr: np.ndarray, pillow: int, threads: int) -> np.ndarray:
+    """:func:`dhash64` by the numba kernels (``arr``: ``(n, h, w)`` uint8)."""
+    n, h, w = arr.shape
+    hlo, hln, hw64 = _windows(w, HASH_W, True)
+    vlo, vln, vw64 = _windows(h, HASH_H, False)
+    _, limit, _ = _horizontal_plan(w)
+    hw32 = (hw64 / (1 << PRECISION_BITS)).astype(np.float32)  # exact: |K| < 2**24
+    hlim = np.full(HASH_W, -1.0, np.float32) if limit is None else limit
+    out = np.empty(n, dtype=_U64)
+    args = (np.ascontiguousarray(arr), hlo, hln, hw32, hw64, hlim, vlo, vln, vw64)
+    v_first = vertical_first(h, w, pillow)
+    if threads > 1 and n > 1 and threading.current_thread() is threading.main_thread():
+        prev = _numba.get_num_threads()
+        _numba.set_num_threads(min(threads, _numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+        try:
+            _nb_dhash_parallel(*args, v_first, out)
+        finally:
+            _numba.set_num_threads(prev)
+    else:
+        _nb_dhash_serial(*args, v_first, out)
+    return out
+
+
+# -- greedy leader loop ----------------------------------------------------------------
+
+#: Exemplars compared per vectorised step of :func:`_nb_first_within`.
+_SCAN_CHUNK = 128
+
+
+@_jit()
+def _nb_first_within(v: np.uint64, ex: np.ndarray, k: int, t: int) -> int:
+    """Position of the first of ``ex[:k]`` within Hamming distance *t* of *v*, or -1.
+
+    Chunks of ``_SCAN_CHUNK`` are reduced to their minimum distance (a branch-free loop that
+    LLVM vectorises, with ``vpopcntq`` where the CPU has it); the first chunk whose minimum
+    is ``<= t`` is then searched in order."""
+    tt = np.uint64(t)
+    c = 0
+    while c < k:
+        e = min(c + _SCAN_CHUNK, k)
+        blk = ex[c:e]
+        mn = np.uint64(64)
+        for j in range(e - c):
+            mn = min(mn, _nb_popcount(v ^ blk[j]))
+        if mn <= tt:
+            for j in range(c, e):
+                if _nb_popcount(v ^ ex[j]) <= tt:
+                    return j
+        c = e
+    return -1
+
+
+@_jit()
+def _nb_leader_scan(values: np.ndarray, t: int, exemplar: np.ndarray, distance: np.ndarray) -> None:
+    """Greedy exemplars of distinct *values* in index order: each value is compared with the
+    exemplars kept so far, in kept order, and stops at the first within *t*."""
+    m = values.shape[0]
+    ex_vals = np.empty(m, np.uint64)
+    ex_ids = np.empty(m, np.int64)
+    k = 0
+    for i in range(m):
+        v = values[i]
+        j = _nb_first_within(v, ex_vals, k, t)
+        if j < 0:
+            ex_vals[k] = v
+            ex_ids[k] = i
+            k += 1
+            exemplar[i] = i
+            distance[i] = 0
+        else:
+            exemplar[i] = ex_ids[j]
+            distance[i] = np.int64(_nb_popcount(v ^ ex_vals[j]))
+
+
+@_jit()
+def _nb_leader_mih(
+    values: np.ndarray,
+    t: int,
+    shifts: np.ndarray,
+    bits: np.ndarray,
+    ball: np.ndarray,
+    ball_off: np.ndarray,
+    exemplar: np.ndarray,
+    distance: np.ndarray,
+) -> None:
+    """The greedy loop of :func:`_nb_leader_scan` with the exemplars in a multi-index.
+
+    Part ``p`` keys an exemplar by ``bits[p]`` bits at ``shifts[p]``; its bucket lists hold
+    the exemplars in kept order (capacity laid out in advance from the keys of all
+    values). A value probes, in every part, each key within the part's radius (the XOR
+    masks ``ball[ball_off[p]:ball_off[p + 1]]``); by the pigeonhole principle (see
+    :func:`_plan`) every exemplar within *t* is in a probed bucket. The first exemplar
+    within *t* in kept order wins; bucket scans stop at the first hit or at an exemplar
+    later than the best so far."""
+    m = values.shape[0]
+    n_parts = shifts.shape[0]
+    size = 1
+    for p in range(n_parts):
+        size = max(size, 1 << bits[p])
+    offs = np.zeros((n_parts, size + 1), np.int64)
+    fill = np.zeros((n_parts, size), np.int64)
+    keys = np.empty((n_parts, m), np.int64)
+    for p in range(n_parts):
+        mask = np.uint64((1 << bits[p]) - 1)
+        sh = np.uint64(shifts[p])
+        for i in range(m):
+            key = np.int64((values[i] >> sh) & mask)
+            keys[p, i] = key
+            offs[p, key + 1] += 1
+        for b in range(size):
+            offs[p, b + 1] += offs[p, b]
+    slot_vals = np.empty((n_parts, m), np.uint64)
+    slot_ids = np.empty((n_parts, m), np.int64)
+    tt = np.uint64(t)
+    for i in range(m):
+        v = values[i]
+        best = m
+        best_d = np.uint64(0)
+        for p in range(n_parts):
+            key = keys[p, i]
+            for b in range(ball_off[p], ball_off[p + 1]):
+                kk = key ^ ball[b]
+                s = offs[p, kk]
+                for q in range(s, s + fill[p, kk]):
+                    r = slot_ids[p, q]
+                    if r >= best:
+                        break
+                    d = _nb_popcount(v ^ slot_vals[p, q])
+                    if d <= tt:
+                        best = r
+                        best_d = d
+                        break
+        if best == m:
+            exemplar[i] = i
+            distance[i] = 0
+            for p in range(n_parts):
+                key = keys[p, i]
+                q = offs[p, key] + fill[p, key]
+                slot_vals[p, q] = v
+                slot_ids[p, q] = i
+                fill[p, key] += 1
+        else:
+            exemplar[i] = best
+            distance[i] = np.int64(best_d)
+
+
+_METHODS = ("auto", "numba", "numba-scan", "numba-mih", "mih", "blocked")
+#: Cost model of :func:`_plan_compiled` (nanoseconds, measured on the development machine
+#: with ``benchmarks/bench_dedup.py``): per exemplar compared by the scan, per probed key,
+#: per candidate checked in a probed bucket, per table slot built. Only the choice between
+#: the two exact kernels depends on them.
+_NS_SCAN = 0.15
+_NS_PROBE = 60.0
+_NS_CANDIDATE = 2.5
+_NS_TABLE = 1.0
+#: Widest substring of the compiled multi-index (tables of ``2**bits`` int64 per part).
+_MAX_KEY_BITS_COMPILED = 20
+
+
+def _plan_compiled(m: int, t: int, force: bool = False) -> tuple[_Part, ...] | None:
+    """Multi-index parts for :func:`_nb_leader_mih` on *m* distinct hashes at threshold
+    *t*, or None when the scan (:func:`_nb_leader_scan`) is expected to be faster.
+
+    Assumes ``m / 4`` exemplars on average (the cost per query of the scan grows with the
+    exemplars, that of the multi-index with the probes and the bucket sizes). The parts are
+    cut as in :func:`_plan`: ``m_parts`` substrings, radii summing with the parts to
+    ``t + 1`` (pigeonhole; exact). *force*: the best multi-index even when the scan is
+    expected to be faster."""
+    k = max(m / 4.0, 1.0)
+    best: tuple[float, tuple[_Part, ...] | None] = (math.inf if force else _NS_SCAN * k, None)
+    for n_parts in range(3, 17):
+        base, extra = divmod(64, n_parts)
+        widths = [base + (1 if i < extra else 0) for i in range(n_parts)]
+        if max(widths) > _MAX_KEY_BITS_COMPILED:
+            continue
+        shifts = [64 - sum(widths[: i + 1]) for i in range(n_parts)]
+        q, rest = divmod(t + 1, n_parts)
+        shares = [q + 1] * rest + [q] * (n_parts - rest)
+        cost = 0.0
+        for b, share in zip(widths, shares, strict=True):
+            if share:
+                cost += _ball_size(b, share - 1) * (_NS_PROBE + _NS_CANDIDATE * k / 2.0**b)
+                cost += _NS_TABLE * 2.0**b / max(m, 1)
+        if cost < best[0]:
+            parts = tuple(
+                _Part(sh, b, share - 1)
+                for sh, b, share in zip(shifts, widths, shares, strict=True)
+                if share
+            )
+            best = (cost, parts)
+    return best[1]
+
+
+def _leader_compiled(values: np.ndarray, t: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy exemplars (rank) and distances of distinct *values* in index order, compiled."""
+    m = values.shape[0]
+    exemplar = np.empty(m, dtype=np.int64)
+    distance = np.zeros(m, dtype=np.int64)
+    if t == 0 and method == "numba":  # distinct values: every one is an exemplar
+        exemplar[:] = np.arange(m, dtype=np.int64)
+        return exemplar, distance
+    parts: tuple[_Part, ...] | None = None
+    if method == "numba":
+        parts = _plan_compiled(m, t)
+    elif method == "numba-mih":
+        parts = _plan_compiled(m, t, force=True)
+    if parts is None or m == 0:
+        _nb_leader_scan(np.ascontiguousarray(values), t, exemplar, distance)
+        return exemplar, distance
+    balls = [_ball(p.bits, p.radius).astype(np.int64) for p in parts]
+    ball_off = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([b.shape[0] for b in balls], out=ball_off[1:])
+    _nb_leader_mih(
+        np.ascontiguousarray(values),
+        t,
+        np.array([p.shift for p in parts], dtype=np.int64),
+        np.array([p.bits for p in parts], dtype=np.int64),
+        np.concatenate(balls),
+        ball_off,
+        exemplar,
+        distance,
+    )
+    return exemplar, distance

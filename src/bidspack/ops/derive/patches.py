@@ -40,23 +40,43 @@ the parts, decides duplicates (seeded greedy, :func:`decide`) and writes
 ``index.parquet`` (and ``index.tsv``) with one row per patch, plus
 ``dataset_description.json``, ``README.md`` and ``.bidsignore``. Removed patches stay
 in the arrays and in the index (``kept`` false, with the reason).
+
+Execution (:class:`SlabRunner`): the pixel work runs as Dask tasks, on local threads
+(default) or on a ``dask.distributed`` cluster (a ``tcp://`` scheduler address or a
+``Client``). The percentile sample of an image is one task (:func:`intensity_range`);
+then each plane is cut as :class:`SlabTask` s, one per group of consecutive used slices
+(:func:`slab_groups`, at most :data:`TASK_BYTES` of source pixels): the task reads its
+slab from the source file itself, converts it to uint8, tiles it and hashes every patch
+(:func:`cut_slab`, returning a :class:`SlabResult`). At most :data:`WINDOW_PER_WORKER`
+tasks per worker are in flight at once, and their results are consumed in task order by
+the one writer in the calling process (shards, index rows and decisions are the same
+bytes wherever and on how many workers the tasks run). Where the tasks run is not a
+parameter of the data: it is recorded in the provenance of each source step only
+(``execution``, :meth:`SlabRunner.describe`), in no fingerprint, recorded command, data
+file or manifest row (a re-run elsewhere is ``notneeded``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import math
+import os
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bidspack.bids.tables import tsv_text, write_text
-from bidspack.errors import PlanError
+from bidspack.errors import BidspackError, PlanError, SourceError
 from bidspack.io.pixelhash import pixel_hash_array
 from bidspack.ops.derive.dataset import (
     DerivedDataset,
@@ -69,7 +89,7 @@ from bidspack.ops.derive.source import ImageHandle, SourceDataset
 from bidspack.ops.derive.yoda import adopt_source, record_steps, source_url
 from bidspack.records import Record
 from bidspack.txn import Transaction
-from bidspack.txn.steps import file_xxh3, record_path, text_xxh3
+from bidspack.txn.steps import file_xxh3, fingerprint, record_path, text_xxh3
 
 OPERATION = "derive-patches"
 PLANES = ("xy", "xz", "yz")
@@ -80,8 +100,18 @@ INTENSITIES = ("percentile", "dtype-max", "none")
 SCOPES = ("volume", "dataset")
 #: Patches per shard file of a patch array.
 SHARD_PATCHES = 256
-#: Bytes of source pixels read at once (a slab is at least one plane).
+#: Bytes of source pixels read at once by the percentile sample (at least one row band).
 SLAB_BYTES = 64 << 20
+#: Bytes of source pixels one slab task reads at most (but at least one plane of the cut).
+TASK_BYTES = 16 << 20
+#: A plane is split into at least this many slab tasks per worker (when it has enough
+#: slices), so that small images keep every worker busy ...
+TASKS_PER_WORKER = 4
+#: ... but no task is split below this many bytes of source pixels (a task opens the
+#: source file itself: a few milliseconds for an OME-TIFF of a few hundred pages).
+MIN_TASK_BYTES = 4 << 20
+#: Slab tasks in flight (submitted, running, or done and not yet written) per worker.
+WINDOW_PER_WORKER = 2
 #: Percentile sample: at most this many planes, about this many pixels per plane.
 SAMPLE_PLANES = 16
 SAMPLE_PIXELS = 65536
@@ -409,35 +439,392 @@ def to_uint8(values: np.ndarray, method: str, low: float, high: float) -> np.nda
 # -- extraction --------------------------------------------------------------------------
 
 
-def _slabs(image: ImageHandle, job: PlaneJob) -> Iterator[tuple[list[int], np.ndarray]]:
-    """``(slice indices, slab)`` with the slab ``(slices, rows, columns)`` of the plane,
-    reading about :data:`SLAB_BYTES` (at least one plane) at a time; with a slice step
-    and planes that are not chunked together (OME-TIFF pages, z chunks of 1) only the
-    used slices are read."""
-    s_ax, r_ax, c_ax = PLANE_AXES[job.plane]
-    shape = image.shape
-    plane_bytes = shape[r_ax] * shape[c_ax] * image.dtype.itemsize
-    band = max(1, SLAB_BYTES // max(1, plane_bytes))
-    chunk = image.chunks[s_ax]
-    if chunk > 1 and band >= chunk:
-        band = band // chunk * chunk
+def _contiguous(job: PlaneJob, chunk: int) -> bool:
+    """Whether the used slices of *job* are read as one range per task (every slice
+    used, or slices chunked together along the slice axis) or one by one (a slice step
+    over OME-TIFF pages or chunks of one slice: only the used slices are read)."""
     step = job.slices[1] - job.slices[0] if len(job.slices) > 1 else 1
-    contiguous = step == 1 or chunk > 1
+    return step == 1 or chunk > 1
+
+
+def slab_groups(
+    job: PlaneJob,
+    shape: tuple[int, int, int],
+    chunk: int,
+    itemsize: int,
+    workers: int = 1,
+) -> list[tuple[int, ...]]:
+    """The used slices of *job* split into the groups of one slab task each, in order.
+
+    *shape* is the image's ``(z, y, x)``, *chunk* its chunk (OME-Zarr) or tile
+    (OME-TIFF, 1 along z) size along the plane's slice axis, *itemsize* the bytes of one
+    source pixel. A group reads at most :data:`TASK_BYTES` of source pixels (but at
+    least one plane ``(rows, columns)`` of the cut); there are at least
+    :data:`TASKS_PER_WORKER` groups per worker where the slices, the chunks and
+    :data:`MIN_TASK_BYTES` allow. With chunked slices (*chunk* > 1) whose chunk fits in a
+    task, a group is whole chunks and ends on a chunk boundary, so each chunk is decoded
+    by one task (a chunk larger than a task is read in parts of :data:`TASK_BYTES`).
+    The grouping changes only how the work is split, never a patch, hash or row.
+    """
+    s_ax, r_ax, c_ax = PLANE_AXES[job.plane]
     slices = list(job.slices)
+    contiguous = _contiguous(job, chunk)
+    plane_bytes = shape[r_ax] * shape[c_ax] * itemsize
+    most = max(1, TASK_BYTES // max(1, plane_bytes))
+    span = shape[s_ax] if contiguous else len(slices)
+    split = math.ceil(span / (TASKS_PER_WORKER * max(1, workers)))
+    band = min(most, max(1, split, MIN_TASK_BYTES // max(1, plane_bytes)))
+    whole = 1 < chunk <= most  # whole chunks per task (each chunk decoded once)
+    if whole:
+        band = max(chunk, band // chunk * chunk)
+    elif chunk > 1:
+        band = most  # a chunk holds more than a task: parts of a chunk per task
+    groups: list[tuple[int, ...]] = []
     i = 0
     while i < len(slices):
-        first = slices[i]
-        end = first + band if contiguous else first + 1
-        if contiguous and chunk > 1:
-            end = max(first + 1, end // chunk * chunk)
-        group = [s for s in slices[i : i + band] if s < end]
-        last = group[-1] + 1
-        bounds = [(0, shape[0]), (0, shape[1]), (0, shape[2])]
-        bounds[s_ax] = (first, last)
-        (z0, z1), (y0, y1), (x0, x1) = bounds
-        data = np.transpose(image.read(z0, z1, y0, y1, x0, x1), (s_ax, r_ax, c_ax))
-        yield group, data[[s - first for s in group]]
+        if contiguous:
+            end = slices[i] + band
+            if whole:
+                end = max(slices[i] + 1, end // chunk * chunk)
+            group = tuple(s for s in slices[i : i + band] if s < end)
+        else:
+            group = tuple(slices[i : i + band])
+        groups.append(group)
         i += len(group)
+    return groups
+
+
+def detached(image: ImageHandle) -> ImageHandle:
+    """A closed copy of *image* to send to a task: metadata only (absolute path of the
+    file, format, shape, dtype, ...), no open file; the task opens, reads and closes it
+    (:meth:`ImageHandle.read`, :meth:`ImageHandle.close`). Workers of a cluster must see
+    the source at the same path."""
+    return dataclasses.replace(image, dataset=image.dataset.absolute(), _array=None, _tiff=None)
+
+
+@dataclass(frozen=True)
+class SlabTask:
+    """One Dask task: cut, convert and hash the patches of consecutive used slices of
+    one plane of one image (:func:`cut_slab`). Plain data (picklable).
+
+    Attributes:
+        image: the source image, :func:`detached` (no open handle).
+        plane: ``xy``, ``xz`` or ``yz`` (:data:`PLANE_AXES`).
+        slices: the used slice indices of this task, increasing (along the plane's slice
+            axis: z for ``xy``, y for ``xz``, x for ``yz``).
+        contiguous: read ``[slices[0], slices[-1] + 1)`` at once (else each slice alone).
+        rows, cols: tile spans ``[start, stop)`` along the plane's row and column axes.
+        size: patch side.
+        intensity, low, high: the uint8 conversion (:func:`to_uint8`).
+    """
+
+    image: ImageHandle
+    plane: str
+    slices: tuple[int, ...]
+    contiguous: bool
+    rows: tuple[tuple[int, int], ...]
+    cols: tuple[tuple[int, int], ...]
+    size: int
+    intensity: str
+    low: float
+    high: float
+
+    @property
+    def count(self) -> int:
+        """Number of patches."""
+        return len(self.slices) * len(self.rows) * len(self.cols)
+
+
+@dataclass(frozen=True)
+class SlabResult:
+    """What a :class:`SlabTask` returns.
+
+    Attributes:
+        patches: ``(n, size, size)`` uint8, axes ``(patch, y, x)`` of the patch (the
+            plane's row and column axes), in the order slice, tile row, tile column;
+            the source voxels at the top left, zeros after them (``pad`` edges).
+        pixel_hashes: the bidspack pixel hash of each patch (axes ``YX``), ``(n,)``.
+        dhashes: ``(n,)`` uint64 dHash of each patch (:func:`dedup.dhash64`).
+        error: ``(path, reason, hint)`` of a :class:`SourceError` raised in the task
+            (bidspack's errors are not picklable; :meth:`unwrap` raises it again).
+    """
+
+    patches: np.ndarray
+    pixel_hashes: tuple[str, ...]
+    dhashes: np.ndarray
+    error: tuple[str | None, str, str | None] | None = None
+
+    def unwrap(self) -> SlabResult:
+        """*self*, or raise the task's error.
+
+        Raises:
+            SourceError: the task could not read or decode its slab.
+        """
+        if self.error is not None:
+            path, reason, hint = self.error
+            raise SourceError(path, reason, hint=hint)
+        return self
+
+
+def cut_slab(task: SlabTask) -> SlabResult:
+    """Run one :class:`SlabTask` (module level: a ``dask.distributed`` worker imports it).
+
+    Reads the slab (the source region of the task's slices, transposed to ``(slice,
+    row, column)`` of the plane), converts each slice to uint8 (:func:`to_uint8`), cuts
+    its tiles (slice by slice, then tile rows, then tile columns) and hashes every patch
+    (:func:`bidspack.io.pixelhash.pixel_hash_array`, axes ``YX``;
+    :func:`bidspack.ops.derive.dedup.dhash64`). Memory: the slab (at most
+    :data:`TASK_BYTES`, or one plane), one slice in float64, and the ``(n, size, size)``
+    uint8 patches.
+    """
+    from bidspack.ops.derive.dedup import dhash64
+
+    image = task.image
+    s_ax, r_ax, c_ax = PLANE_AXES[task.plane]
+    patches = np.zeros((task.count, task.size, task.size), np.uint8)
+    if task.contiguous:
+        reads = [(task.slices[0], task.slices[-1] + 1, task.slices)]
+    else:
+        reads = [(s, s + 1, (s,)) for s in task.slices]
+    k = 0
+    try:
+        for first, last, used in reads:
+            bounds = [(0, image.shape[0]), (0, image.shape[1]), (0, image.shape[2])]
+            bounds[s_ax] = (first, last)
+            (z0, z1), (y0, y1), (x0, x1) = bounds
+            slab = np.transpose(image.read(z0, z1, y0, y1, x0, x1), (s_ax, r_ax, c_ax))
+            for s in used:
+                plane8 = to_uint8(slab[s - first], task.intensity, task.low, task.high)
+                for r0, r1 in task.rows:
+                    for c0, c1 in task.cols:
+                        patches[k, : r1 - r0, : c1 - c0] = plane8[r0:r1, c0:c1]
+                        k += 1
+            del slab
+    except BidspackError as exc:
+        empty = np.zeros((0, task.size, task.size), np.uint8)
+        return SlabResult(empty, (), np.zeros(0, np.uint64), (exc.path, exc.reason, exc.hint))
+    finally:
+        image.close()
+    hashes = tuple(pixel_hash_array(p, "YX") for p in patches)
+    dh = dhash64(patches) if len(patches) else np.zeros(0, np.uint64)
+    return SlabResult(patches, hashes, np.asarray(dh, np.uint64))
+
+
+def sample_range(
+    image: ImageHandle, params: PatchParams
+) -> tuple[tuple[float, float] | None, tuple[str | None, str, str | None] | None]:
+    """The task that reads the percentile sample: ``(intensity_range(image, params),
+    None)`` of a :func:`detached` image (closed after), or ``(None, (path, reason,
+    hint))`` of the :class:`SourceError` it raised (see :attr:`SlabResult.error`)."""
+    try:
+        return intensity_range(image, params), None
+    except BidspackError as exc:
+        return None, (exc.path, exc.reason, exc.hint)
+    finally:
+        image.close()
+
+
+#: Names of Dask's local schedulers that *scheduler* may give (and what they mean).
+LOCAL_SCHEDULERS = {
+    "threads": "threads",
+    "threading": "threads",
+    "synchronous": "synchronous",
+    "sync": "synchronous",
+    "single-threaded": "synchronous",
+}
+
+
+def check_execution(workers: int | None, scheduler: object) -> None:
+    """Check *workers* and *scheduler* without connecting (see :class:`SlabRunner`).
+
+    Raises:
+        PlanError: *workers* below 1; *scheduler* none of ``None``, a local scheduler
+            name (:data:`LOCAL_SCHEDULERS`), an address with ``://``, or a ``Client``.
+    """
+    if workers is not None and (
+        not isinstance(workers, int) or isinstance(workers, bool) or workers < 1
+    ):
+        raise PlanError(None, f"derive patches: workers {workers}: at least 1")
+    if scheduler is None or (isinstance(scheduler, str) and "://" in scheduler):
+        return
+    if isinstance(scheduler, str):
+        if scheduler not in LOCAL_SCHEDULERS:
+            raise PlanError(
+                None,
+                f"derive patches: scheduler {scheduler!r}: a Dask scheduler address "
+                f"(tcp://host:8786) or one of {', '.join(LOCAL_SCHEDULERS)}",
+            )
+        return
+    if not hasattr(scheduler, "submit"):
+        raise PlanError(
+            None, f"derive patches: scheduler {scheduler!r}: an address, a name or a Client"
+        )
+
+
+_END = object()
+
+
+class SlabRunner:
+    """Runs tasks on Dask and hands their results back one by one, in task order, with
+    at most :attr:`window` results alive at once.
+
+    *scheduler* ``None`` (default): Dask's local threaded scheduler on *workers* threads
+    (default: the CPU count); a name of :data:`LOCAL_SCHEDULERS`: that local scheduler;
+    a string with ``://`` (``tcp://host:8786``): a ``distributed.Client`` connected to
+    that scheduler here (closed by :meth:`close`); any other object: a
+    ``distributed.Client`` (left open). With a client, *workers* defaults to the
+    cluster's worker threads; it sizes the window and the task split, not the cluster.
+
+    Window: ``WINDOW_PER_WORKER * workers`` tasks at most are in flight (submitted,
+    running, finished and waiting, or being consumed). On a client, a new task is
+    submitted each time the consumer takes the oldest result. Locally, tasks run in
+    batches of half the window (one ``dask.compute`` each, on a thread pool owned by the
+    runner) while the consumer takes the previous batch's results. Tasks are drawn from
+    the input iterable only as the window allows.
+
+    Raises:
+        PlanError: bad *workers* or *scheduler* (:func:`check_execution`).
+        ToolError: no scheduler answers at the address within :attr:`connect_timeout`
+            seconds.
+    """
+
+    #: Seconds to wait for a ``dask.distributed`` scheduler given by address.
+    connect_timeout: float = 10
+
+    def __init__(self, scheduler: object = None, workers: int | None = None):
+        check_execution(workers, scheduler)
+        self.client: Any = None
+        self.scheduler = "threads"  # the local scheduler's name (no client)
+        self._own_client = False
+        self._driver: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        if isinstance(scheduler, str) and "://" in scheduler:
+            from bidspack.io.omezarr.runner import connect
+
+            self.client = connect(scheduler, self.connect_timeout)
+            self._own_client = True
+        elif isinstance(scheduler, str):
+            self.scheduler = LOCAL_SCHEDULERS[scheduler]
+        elif scheduler is not None:
+            self.client = scheduler
+        if workers is None:
+            if self.client is not None:
+                workers = sum(self.client.nthreads().values())
+            workers = workers or os.cpu_count() or 1
+        self.workers: int = workers
+        self.window: int = WINDOW_PER_WORKER * workers
+
+    def describe(self) -> dict[str, Any]:
+        """Where the tasks run (recorded as ``execution`` in the provenance of each
+        source step): ``mode`` (``dask-distributed``, ``dask-threads``, or
+        ``dask-<name>`` of another local scheduler), ``workers``, ``scheduler`` (the
+        address, ``None`` locally), ``window``."""
+        if self.client is None:
+            mode, address = f"dask-{self.scheduler}", None
+        else:
+            mode = "dask-distributed"
+            address = str(getattr(getattr(self.client, "scheduler", None), "address", None))
+        return {"mode": mode, "workers": self.workers, "scheduler": address, "window": self.window}
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` as one task (on the cluster with a client, else here)."""
+        if self.client is None:
+            return fn(*args)
+        future = self.client.submit(fn, *args, pure=False)
+        try:
+            return future.result()
+        finally:
+            future.release()
+
+    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+        """``fn(task)`` for each of *tasks*, yielded in task order (see the window)."""
+        if self.client is not None:
+            yield from self._imap_client(fn, iter(tasks))
+        else:
+            yield from self._imap_local(fn, iter(tasks))
+
+    def _imap_client(self, fn: Callable[[Any], Any], tasks: Iterator[Any]) -> Iterator[Any]:
+        pending: deque[Any] = deque()
+        try:
+            while True:
+                while len(pending) < self.window:
+                    task = next(tasks, _END)
+                    if task is _END:
+                        break
+                    pending.append(self.client.submit(fn, task, pure=False))
+                if not pending:
+                    return
+                future = pending.popleft()
+                result = future.result()
+                future.release()
+                del future
+                yield result
+                del result
+        finally:
+            if pending:
+                self.client.cancel(list(pending))
+
+    def _compute(self, fn: Callable[[Any], Any], batch: list[Any]) -> deque[Any]:
+        import dask
+
+        delayed = [dask.delayed(fn, pure=False, traverse=False)(task) for task in batch]
+        kwargs: dict[str, Any] = {"scheduler": self.scheduler, "num_workers": self.workers}
+        if self.scheduler == "threads":
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, "bidspack-slab")
+            kwargs["pool"] = self._pool
+        return deque(dask.compute(*delayed, **kwargs))
+
+    def _imap_local(self, fn: Callable[[Any], Any], tasks: Iterator[Any]) -> Iterator[Any]:
+        size = max(1, self.window // 2)
+        if self._driver is None:
+            self._driver = ThreadPoolExecutor(1, "bidspack-slab-driver")
+        first = list(islice(tasks, size))
+        if not first:
+            return
+        running: Future[deque[Any]] | None = self._driver.submit(self._compute, fn, first)
+        try:
+            while running is not None:
+                done = running.result()
+                running = None
+                batch = list(islice(tasks, size))
+                if batch:
+                    running = self._driver.submit(self._compute, fn, batch)
+                while done:
+                    yield done.popleft()
+        finally:
+            if running is not None:  # the consumer stopped early: let the batch finish
+                with contextlib.suppress(Exception):
+                    running.result()
+
+    def close(self) -> None:
+        """Shut the local threads down; close the client this runner connected."""
+        for pool in (self._driver, self._pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._driver = self._pool = None
+        if self._own_client and self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def __enter__(self) -> SlabRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _blas_single_thread() -> Iterator[None]:
+    """One BLAS thread while slab tasks run in this process (:func:`dedup.dhash64`
+    slows down 5-40x when a BLAS pool spins next to busy worker threads)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        yield
+        return
+    with threadpool_limits(1, "blas"):
+        yield
 
 
 def _write_parquet(path: Path, columns: Sequence[tuple[str, str]], data: dict[str, Any]) -> None:
@@ -473,45 +860,68 @@ def _create_array(path: Path, n: int, size: int, attributes: dict[str, Any]) -> 
 
 
 class _ShardWriter:
-    """Fills patches into a buffer of one shard and writes each full shard once
-    (whole shards: each shard file is encoded and written one time); the dHashes of
-    the written patches are collected (:func:`bidspack.ops.derive.dedup.dhash64`)."""
+    """Takes blocks of patches in array order into a buffer of one shard and writes
+    each full shard once (whole shards: each shard file is encoded and written one
+    time)."""
 
     def __init__(self, array: Any, count: int, size: int):
         self.array = array
         self.buf = np.zeros((min(SHARD_PATCHES, max(1, count)), size, size), np.uint8)
         self.filled = 0
         self.written = 0
-        self.dhashes: list[str] = []
 
     @property
     def rows(self) -> int:
         """Patches taken so far (the array row of the next one)."""
         return self.written + self.filled
 
-    def slot(self) -> np.ndarray:
-        """The zeroed ``(size, size)`` buffer of the next patch."""
-        patch = self.buf[self.filled]
-        patch[:] = 0
-        return patch
-
-    def done(self) -> None:
-        """The patch in :meth:`slot` is complete."""
-        self.filled += 1
-        if self.filled == len(self.buf):
-            self.flush()
+    def add(self, block: np.ndarray) -> None:
+        """Take the ``(n, size, size)`` uint8 *block* as the next *n* rows."""
+        i = 0
+        while i < len(block):
+            take = min(len(self.buf) - self.filled, len(block) - i)
+            self.buf[self.filled : self.filled + take] = block[i : i + take]
+            self.filled += take
+            i += take
+            if self.filled == len(self.buf):
+                self.flush()
 
     def flush(self) -> None:
         """Write the buffered patches."""
-        from bidspack.ops.derive.dedup import dhash64
-
         if not self.filled:
             return
-        block = self.buf[: self.filled]
-        self.array[self.written : self.written + self.filled] = block
-        self.dhashes.extend(f"{int(h):016x}" for h in dhash64(block))
+        self.array[self.written : self.written + self.filled] = self.buf[: self.filled]
         self.written += self.filled
         self.filled = 0
+
+
+def _slab_tasks(
+    image: ImageHandle, job: PlaneJob, params: PatchParams, low: float, high: float, workers: int
+) -> tuple[list[tuple[int, ...]], Iterator[SlabTask]]:
+    """The slice groups of *job* (:func:`slab_groups`) and, lazily, their tasks."""
+    if job.count == 0:
+        return [], iter(())
+    s_ax = PLANE_AXES[job.plane][0]
+    chunk = image.chunks[s_ax]
+    groups = slab_groups(job, image.shape, chunk, image.dtype.itemsize, workers)
+    contiguous = _contiguous(job, chunk)
+
+    def tasks() -> Iterator[SlabTask]:
+        for group in groups:
+            yield SlabTask(
+                detached(image),
+                job.plane,
+                group,
+                contiguous,
+                job.rows,
+                job.cols,
+                params.size,
+                params.intensity,
+                low,
+                high,
+            )
+
+    return groups, tasks()
 
 
 def extract(
@@ -520,16 +930,43 @@ def extract(
     params: PatchParams,
     pixel_hash: str,
     progress: Callable[[int], None] | None = None,
+    runner: SlabRunner | None = None,
 ) -> Iterator[Record]:
     """Stage the patch arrays and index parts of one source image in *txn*.
 
-    *progress*, if given, is called with the number of patches cut after each slab.
+    The percentile sample and the slab tasks run on *runner* (default: a
+    :class:`SlabRunner` on local threads, closed after); the results are written here,
+    in task order. *progress*, if given, is called with the number of patches cut after
+    each slab.
 
     Raises:
         SourceError: the image cannot be decoded.
     """
+    own = runner is None
+    run = SlabRunner() if runner is None else runner
+    try:
+        with _blas_single_thread():
+            yield from _extract(txn, plan, params, pixel_hash, progress, run)
+    finally:
+        if own:
+            run.close()
+
+
+def _extract(
+    txn: Transaction,
+    plan: SourcePlan,
+    params: PatchParams,
+    pixel_hash: str,
+    progress: Callable[[int], None] | None,
+    runner: SlabRunner,
+) -> Iterator[Record]:
     image = plan.image
-    low, high = intensity_range(image, params)
+    got, error = runner.call(sample_range, detached(image), params)
+    if error is not None:
+        path, reason, hint = error
+        raise SourceError(path, reason, hint=hint)
+    assert got is not None  # no error: a range
+    low, high = got
     origin = image.origin_um or (0.0, 0.0, 0.0)
     size = params.size
     for job in plan.jobs:
@@ -551,20 +988,19 @@ def extract(
         )
         cols: dict[str, list[Any]] = {name: [] for name, _ in PART_COLUMNS}
         stem = plan.prefix.removeprefix("patches/")
-        for group, slab in _slabs(image, job):
-            for k, s in enumerate(group):
-                plane8 = to_uint8(slab[k], params.intensity, low, high)
+        groups, tasks = _slab_tasks(image, job, params, low, high, runner.workers)
+        for group, result in zip(groups, runner.imap(cut_slab, tasks), strict=True):
+            result = result.unwrap()
+            for s in group:
                 for r0, r1 in job.rows:
                     for c0, c1 in job.cols:
-                        patch = writer.slot()
-                        patch[: r1 - r0, : c1 - c0] = plane8[r0:r1, c0:c1]
                         bounds = [(0, 0)] * 3
                         bounds[s_ax], bounds[r_ax], bounds[c_ax] = (s, s + 1), (r0, r1), (c0, c1)
                         cols["patch_id"].append(
                             f"{stem}_plane-{job.plane}"
                             f"_z{bounds[0][0]}_y{bounds[1][0]}_x{bounds[2][0]}"
                         )
-                        cols["row"].append(writer.rows)
+                        cols["row"].append(len(cols["row"]))
                         cols["slice_index"].append(s)
                         for a, name in enumerate(AXIS_NAMES):
                             lo_v, hi_v = bounds[a]
@@ -575,14 +1011,19 @@ def extract(
                             cols[f"{name}1_um"].append(origin[a] + (hi_v - 0.5) * vox)
                         cols["height"].append(r1 - r0)
                         cols["width"].append(c1 - c0)
-                        cols["pixel_hash"].append(pixel_hash_array(patch, "YX"))
-                        writer.done()
+            cols["pixel_hash"].extend(result.pixel_hashes)
+            cols["dhash"].extend(f"{int(h):016x}" for h in result.dhashes)
+            writer.add(result.patches)
+            if len(cols["row"]) != writer.rows or len(result.pixel_hashes) != len(result.patches):
+                raise AssertionError(  # pragma: no cover - the task and the plan agree
+                    f"{arr_rel}: slices {group[0]}-{group[-1]}: a slab task returned "
+                    f"{len(result.patches)} patches"
+                )
+            del result
             if progress is not None:
                 progress(len(group) * len(job.rows) * len(job.cols))
         writer.flush()
-        cols["dhash"] = writer.dhashes
-        written = writer.rows
-        n = written
+        n = writer.rows
         if n != job.count:  # pragma: no cover - the plan and the loop agree
             raise AssertionError(f"{arr_rel}: {n} patches written, {job.count} planned")
         for name, value in (
@@ -608,6 +1049,7 @@ def extract(
                 "slices": len(job.slices),
                 "intensity_range": [low, high],
                 "step": plan.step,
+                "execution": runner.describe(),
             },
         )
 
@@ -877,9 +1319,20 @@ def derive_patches(
     recover_first: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
     datalad: bool = False,
+    workers: int | None = None,
+    scheduler: object = None,
 ) -> Iterator[Record]:
     """Plan and (unless *dry_run*) write a patch dataset at *out* from the images of
     the bidspack dataset *source_path* (see the module docstring).
+
+    *workers* and *scheduler* say where the pixel work runs (:class:`SlabRunner`):
+    *scheduler* ``None``, local Dask threads (*workers*, default the CPU count); a
+    ``tcp://host:port`` address of a ``dask.distributed`` scheduler, connected before
+    anything is written (its workers must see the source at the same absolute path);
+    or a ``distributed.Client`` (left open). They change no data byte: they are in no
+    fingerprint, recorded command or manifest row, only in the provenance of the source
+    steps and in the ``patches`` records (``execution``). A dry run checks them but
+    does not connect.
 
     With *datalad*, *out* is a DataLad dataset in the YODA layout: the source (a clean
     DataLad/git dataset) is installed at ``sourcedata/<name>``, pinned at its commit,
@@ -901,8 +1354,11 @@ def derive_patches(
             source (or the source inside it); another process holds its lock.
         SourceError: a source image cannot be read (the step in progress is not
             committed).
+        ToolError: the Dask scheduler at the address *scheduler* does not answer
+            (within :attr:`SlabRunner.connect_timeout` seconds; nothing is written).
     """
     source_path, out = Path(source_path), Path(out)
+    check_execution(workers, scheduler)
     source = SourceDataset(source_path)
     check_roots(source_path, out)
     plans = plan_patches(
@@ -918,6 +1374,52 @@ def derive_patches(
     if dry_run:
         yield from _plan_records(plans, params)
         return
+    runner = SlabRunner(scheduler, workers)  # connects: fails before anything is written
+    try:
+        yield from _write(
+            source_path,
+            out,
+            source,
+            plans,
+            params,
+            selection,
+            derived,
+            runner,
+            suffix=suffix,
+            pipeline=pipeline,
+            fmt=fmt,
+            entities=entities,
+            recover_first=recover_first,
+            progress=progress,
+            datalad=datalad,
+        )
+    finally:
+        runner.close()
+    if validate:
+        from bidspack.ops.validate import validate_dataset
+
+        yield from validate_dataset(out, recursive=False)
+
+
+def _write(
+    source_path: Path,
+    out: Path,
+    source: SourceDataset,
+    plans: list[SourcePlan],
+    params: PatchParams,
+    selection: dict[str, Any],
+    derived: DerivedDataset,
+    runner: SlabRunner,
+    *,
+    suffix: str | None,
+    pipeline: str | None,
+    fmt: str,
+    entities: dict[str, str | None] | None,
+    recover_first: bool,
+    progress: Callable[[str, int, int], None] | None,
+    datalad: bool,
+) -> Iterator[Record]:
+    """The writing part of :func:`derive_patches` (the slab tasks run on *runner*)."""
     if datalad:
         adopted = adopt_source(source_path, out, [p.image.rel for p in plans])
         yield from adopted.records
@@ -973,23 +1475,42 @@ def derive_patches(
         advance(plans[0].image.rel, 0)  # the total is known before the first pixel
         for p in plans:
             before = done[0]
-            yield from _source_step(derived, p, params, functools.partial(advance, p.image.rel))
+            yield from _source_step(
+                derived, p, params, functools.partial(advance, p.image.rel), runner
+            )
             left = sum(j.count for j in p.jobs) - (done[0] - before)
             if left > 0:  # notneeded (or fewer reported): count the step as done
                 advance(p.image.rel, left)
         yield from _final_step(derived, plans, params, texts)
-    if validate:
-        from bidspack.ops.validate import validate_dataset
 
-        yield from validate_dataset(out, recursive=False)
+
+#: Step parameters that say how a step ran, not what it computes: in its provenance,
+#: not in its fingerprint (they change no output byte).
+EXECUTION_KEYS = ("execution",)
+
+
+@dataclass
+class ExtractStep(DerivedStep):
+    """A source step: its ``execution`` parameter (:meth:`SlabRunner.describe`) is
+    recorded in the provenance but left out of the fingerprint, so a re-run on other
+    workers or another scheduler is ``notneeded``."""
+
+    def fingerprint(self) -> str:
+        """xxh3-128 of the parameters (without :data:`EXECUTION_KEYS`), outputs and
+        input digests: the :class:`DerivedStep` fingerprint of a run without them."""
+        params = {k: v for k, v in self.parameters.items() if k not in EXECUTION_KEYS}
+        described = [{"operation": self.operation, "outputs": self.outputs, **params}]
+        return fingerprint(described, {k: {"xxh3": v} for k, v in self.inputs.items()})
 
 
 def _source_step(
     derived: DerivedDataset,
     plan: SourcePlan,
     params: PatchParams,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None,
+    runner: SlabRunner,
 ) -> Iterator[Record]:
+    """The step of one source image (its slab tasks run on *runner*)."""
     image = plan.image
     pixel_hash = image.ensure_pixel_hash()
     parameters = {
@@ -999,16 +1520,17 @@ def _source_step(
             for j in plan.jobs
         ],
         **params.extraction(),
+        "execution": runner.describe(),
     }
     digest = image.file_digest or pixel_hash
-    step = DerivedStep(
+    step = ExtractStep(
         name=plan.step,
         operation=OPERATION,
         outputs=plan.outputs(),
         parameters=parameters,
         inputs={f"source:{image.rel}": pixel_hash, f"source-file:{image.rel}": digest},
         used=[{"path": f"source:{image.rel}", "xxh3_128": digest}],
-        stage=lambda txn: extract(txn, plan, params, pixel_hash, progress),
+        stage=lambda txn: extract(txn, plan, params, pixel_hash, progress, runner),
     )
     try:
         yield from derived.run_step(step)
@@ -1052,10 +1574,15 @@ __all__ = [
     "INDEX_COLUMNS",
     "PART_COLUMNS",
     "PatchParams",
+    "SlabResult",
+    "SlabRunner",
+    "SlabTask",
+    "cut_slab",
     "decide",
     "derive_patches",
     "intensity_range",
     "plan_patches",
+    "slab_groups",
     "tile_spans",
     "to_uint8",
 ]
