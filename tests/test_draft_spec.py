@@ -16,9 +16,9 @@ import tifffile
 
 from bidspack.errors import PlanError, SpecError
 from bidspack.ops.draft_spec import draft_spec
-from bidspack.ops.package import package
+from bidspack.ops.package import build_plan, package
 from bidspack.spec import load_spec
-from conftest import run_bidspack
+from conftest import run_bidspack, snapshot
 
 STP = "stp_mouse_brain/slices"
 CELL = "czi/CellDivision_T3_Z5_CH2_X240_Y170.czi"
@@ -145,8 +145,8 @@ def test_draft_of_real_stp_and_czi_files_packages_after_the_voxel_size(
     ]
     for c in czi:
         assert c["folder"] == Path(CELL).name and c["suffix"] == "FLUO"
-        assert c["voxel_size"]["z"] == pytest.approx(0.32)
-        assert c["voxel_size"]["x"] == pytest.approx(0.0905767, rel=1e-6)
+        assert "voxel_size" not in c  # the CZI carries z, y, x: the spec gives none
+    assert text.count("# the file carries the voxel size of z, y, x: so no voxel_size") == 2
     assert "3 time points; this entry packages time point 0" in text
 
     proc = run_bidspack("package", str(sub), str(tmp_path / "ds0"), "--spec", str(spec))
@@ -306,3 +306,81 @@ def test_cli_output_file_stdout_json_and_errors(
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "not a readable TIFF file" in proc.stdout
     assert "# PROBLEM" in (tmp_path / "bad.toml").read_text()
+
+
+# ----------------------------------------------------------------- 2D files (issue 16)
+
+SEM = "czi/Al2O3_SE_020_sp.czi"  # 2D (1536, 2048) uint8, 27.91 nm x/y in the CZI, no Z
+OMETIFF = "ometiff/s_1_t_1_c_1_z_1.ome.tiff"  # 2D (325, 475) uint16, 1.0833 um x/y, no Z
+
+
+def test_draft_of_2d_files_proposes_no_axis_the_file_carries(
+    realdata: Path, tmp_path: Path
+) -> None:
+    """The 2D SEM CZI (read through pylibCZIrw) and the 2D real OME-TIFF: the draft takes
+    their x/y sizes from the files (exact), says so, writes no voxel_size (spec values
+    are only for axes a file lacks) and asks for no z (they stay 2D), so it has no TODO;
+    it chooses OME-Zarr output (a 2D OME-TIFF fails the validator). Loaded as drafted,
+    it packages to a valid dataset with PixelSize x, y from the files."""
+    sub = tmp_path / "sub"
+    (sub / "sample1").mkdir(parents=True)
+    shutil.copyfile(realdata / SEM, sub / "sample1" / "sem.czi")
+    shutil.copyfile(realdata / OMETIFF, sub / "sample1" / "bright.ome.tiff")
+    before = snapshot(sub)
+    text, recs = draft_spec(sub)
+    assert not [r for r in recs if r.status in ("error", "impossible")], recs
+    assert todo_lines(text) == []
+    doc = tomllib.loads(text)
+    channels = {c["folder"]: c for c in doc["channels"]}
+    assert set(channels) == {"sem.czi", "bright.ome.tiff"}
+    assert channels["sem.czi"]["select"] == {"channel": "Channel:0", "time": 0}
+    for c in channels.values():
+        assert "voxel_size" not in c and "voxel_unit" not in c
+    assert doc["output"]["formats"] == ["ome-zarr"]
+    assert text.count("# the file carries the voxel size of y, x: so no voxel_size") == 2
+    assert text.count("# 2D image (one plane, no Z size): it stays 2D") == 2
+    assert (
+        "shape (z, y, x) (1, 1536, 2048), uint8, voxel size (z, y, x) ?, 0.02791, 0.02791" in text
+    )
+    by_path = {r.path.split(" ")[0]: r for r in recs if r.action == "channel"}
+    assert by_path["sem.czi"].details["voxel_size_zyx_um"] == [None, 0.02791, 0.02791]
+    assert by_path["sem.czi"].details["voxel_size_from_file"] == ["y", "x"]
+    size = 1.0833333333333333  # the OME-XML's PhysicalSizeX/Y
+    assert by_path["bright.ome.tiff"].details["voxel_size_zyx_um"] == [None, size, size]
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(text)
+    ds = tmp_path / "ds"
+    assert package_errors(sub, ds, spec) == []
+    assert snapshot(sub) == before
+    micr = ds / "sub-sample1" / "micr"
+    sides = {p.name: json.loads(p.read_text()) for p in micr.glob("*.json")}
+    assert sorted(s["PixelSize"][0] for s in sides.values()) == [0.02791, size]
+    assert all(len(s["PixelSize"]) == 2 for s in sides.values())
+    assert not list(micr.glob("*.ome.tif")) and len(list(micr.glob("*.ome.zarr"))) == 2
+    plan = json.loads((ds / "code/bidspack/plan.json").read_text())
+    origins = [a["params"]["voxel_size_origin"] for a in plan["actions"] if a["kind"] == "convert"]
+    assert origins == [{"z": "none (2D image)", "y": "file", "x": "file"}] * 2
+
+
+def test_draft_fills_only_the_axes_a_file_lacks(realdata: Path, tmp_path: Path) -> None:
+    """The 2D OME-TIFF again, the curator choosing to give it a Z size (a section
+    thickness) and OME-TIFF output too: the draft proposed no x/y, so the hand-added z
+    is the only spec value (origin "spec") and x/y stay the file's (origin "file")."""
+    sub = tmp_path / "sub"
+    (sub / "cell1").mkdir(parents=True)
+    shutil.copyfile(realdata / OMETIFF, sub / "cell1" / "bright.ome.tiff")
+    text, _ = draft_spec(sub)
+    assert todo_lines(text) == [] and "voxel_size" not in tomllib.loads(text)["channels"][0]
+    filled = text.replace(
+        'image = "intensity"\n', 'image = "intensity"\nvoxel_size = { z = 2.5 }\n'
+    )
+    filled = filled.replace('formats = ["ome-zarr"]', 'formats = ["ome-tiff", "ome-zarr"]')
+    spec = tmp_path / "spec.toml"
+    spec.write_text(filled)
+    plan = build_plan(sub, load_spec(spec))
+    converts = [a for a in plan.actions if a.kind == "convert"]
+    assert len(converts) == 2
+    for a in converts:
+        assert a.params["voxel_size_origin"] == {"z": "spec", "y": "file", "x": "file"}
+        assert a.params["voxel_size_zyx_um"] == [2.5, 1.0833333333333333, 1.0833333333333333]

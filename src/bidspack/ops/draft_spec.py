@@ -3,7 +3,9 @@
 The job of BIDScoin's bidsmapper or dcm2bids_helper, for microscopy. The submission is
 scanned read-only and for metadata only: TIFF headers through tifffile (every slice's
 header, as packaging checks them: gaps, duplicate indices, mixed shapes), vendor files
-through bioio (:mod:`bidspack.io.vendor`). Pixels are decoded only for up to three
+as packaging reads them (:class:`bidspack.io.vendor.VendorImage`: bioio, or pylibCZIrw
+for the CZIs bioio fails on), container and instrument files (MRC, NRRD, HDF5, Imaris,
+video) through :mod:`bidspack.io.containers`. Pixels are decoded only for up to three
 sampled planes of a TIFF channel, to tell label images (few distinct integer values)
 from intensity images; never a whole stack.
 
@@ -13,8 +15,13 @@ The draft is TOML text that follows ``specs/packaging.schema.json``:
   (split on ``_``: dates, ids, sex, hemisphere, genotype recognised; generic names
   otherwise), a ``label`` template that gives every folder its own participant label,
   a ``sample`` template, and participants/samples columns from the groups;
-- one ``[[channels]]`` per channel folder, TIFF stack file, or vendor file channel
-  (``select``), with a comment giving file count, shape, dtype and voxel size;
+- one ``[[channels]]`` per channel folder, TIFF stack file, or vendor / container file
+  channel (``select``), with a comment giving file count, shape, dtype and voxel size;
+- ``voxel_size`` only for the axes the files do not carry (``info.found_sizes()``, as
+  packaging reads them: a spec value is only for a missing axis, and one contradicting
+  the file is an error), with a comment naming the axes the file carries; no Z for a
+  2D image (one plane, no Z size), which stays 2D, and then ``[output] formats =
+  ["ome-zarr"]`` (an OME-TIFF without PhysicalSizeZ fails the BIDS validator);
 - label-looking folders as ``image = "label"`` derivatives, non-image files noted as
   ``extras``, near-copy folders flagged with a ``bidspack hashdiff`` command, OS junk
   listed, other loose files as ``[[exclude]]`` entries.
@@ -42,6 +49,7 @@ import tifffile
 
 from bidspack.bids.schema import micr_rule, sanitize_label
 from bidspack.errors import BidspackError, PlanError
+from bidspack.io.containers import container_kind
 from bidspack.io.sources import UNIT_TO_UM, ImageSource, is_tiff, open_files, open_source
 from bidspack.io.tree import JUNK, scan  # JUNK: listed in the draft, never a channel
 from bidspack.records import Record
@@ -129,7 +137,7 @@ class _Entry:
 
     folder: str
     subjects: list[str] = field(default_factory=list)
-    kind: str = "folder"  # folder | stack | vendor | none
+    kind: str = "folder"  # folder | stack | vendor | container | none
     image: str = "intensity"
     type: str = "raw"
     pipeline: str | None = None
@@ -138,7 +146,10 @@ class _Entry:
     suffix_known: bool = False
     entities: dict[str, str] = field(default_factory=dict)
     select: dict[str, Any] = field(default_factory=dict)
-    voxel: list[float | None] | None = None  # (z, y, x) um, None per unknown axis
+    voxel: list[float | None] | None = None  # (z, y, x) um for the spec, None per unknown axis
+    #: (z, y, x) um the file carries as packaging reads it (``info.found_sizes()``),
+    #: ``None`` per axis it lacks: never repeated in the spec's voxel_size
+    carried: tuple[float | None, float | None, float | None] = (None, None, None)
     notes: list[str] = field(default_factory=list)
     extras: list[str] = field(default_factory=list)
     problem: str | None = None
@@ -362,12 +373,16 @@ def _describe_image(entry: _Entry, src: ImageSource, where: str) -> None:
     entry.shape = tuple(int(v) for v in src.shape)  # type: ignore[assignment]
     entry.dtype = src.dtype.name
     entry.files = len(src.files)
-    if src.info.physical_size is not None:
-        entry.voxel = [float(v) for v in src.info.physical_size]
+    entry.carried = src.info.found_sizes()
+    if any(v is not None for v in entry.carried):
         entry.notes.append(f"voxel size from {where}")
-    elif entry.kind in ("folder", "stack") and src.files:
+    if None in entry.carried and entry.kind in ("folder", "stack") and src.files:
+        # metadata packaging does not read (ImageJ, TIFF resolution): proposed as spec
+        # values, for the axes the file does not carry
         voxel, found = _tiff_voxel(src.files[0])
         if voxel is not None:
+            voxel = [v if c is None else None for v, c in zip(voxel, entry.carried, strict=True)]
+        if voxel is not None and any(v is not None for v in voxel):
             entry.voxel = voxel
             entry.notes.append(f"voxel size from {found} of {src.files[0].name}")
     name = entry.folder.lower()
@@ -420,65 +435,155 @@ def _scan_stack(path: Path, entry: _Entry) -> None:
         entry.problem = exc.message
 
 
+@dataclass
+class _Layout:
+    """What a vendor file holds beyond one selection: its scenes, and per scene the
+    number of time points and each channel's (acquisition mode, illumination type)."""
+
+    scenes: list[str]
+    times: list[int]
+    modes: list[list[tuple[str, str | None] | None]]
+
+
+def _czi_modes(root: Any) -> list[tuple[str, str | None] | None]:
+    """(acquisition mode, illumination type) per channel from a CZI's XML
+    (``Information/Image/Dimensions/Channels/Channel``; ZEN writes OME's vocabulary)."""
+    out: list[tuple[str, str | None] | None] = []
+    for ch in root.findall("Metadata/Information/Image/Dimensions/Channels/Channel"):
+        mode = (ch.findtext("AcquisitionMode") or "").strip()
+        illum = (ch.findtext("IlluminationType") or "").strip() or None
+        out.append((mode, illum) if mode else None)
+    return out
+
+
+def _vendor_layout(path: Path) -> _Layout:
+    """The scenes, time points and acquisition modes of a vendor file: a CZI through
+    pylibCZIrw (:class:`~bidspack.io.vendor.CziFile`, which reads the CZIs bioio fails
+    on), other formats through ``bioio.BioImage``. One scene of one time point when
+    neither tells more (the entries then say less, never something wrong)."""
+    from bidspack.io.vendor import CziFile, is_czi
+
+    if is_czi(path):
+        try:
+            czi = CziFile(path)
+            czi_times = []
+            for i in range(len(czi.scenes)):
+                czi.set_scene(i)
+                czi_times.append(czi.dims.T)
+            per_channel = _czi_modes(czi.metadata)
+            return _Layout(list(czi.scenes), czi_times, [per_channel] * len(czi_times))
+        except Exception:  # bioio read it (VendorImage opened it): ask bioio below
+            pass
+    try:
+        from bioio import BioImage
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = BioImage(path)
+            scenes = [str(sc) for sc in img.scenes]
+            times: list[int] = []
+            modes: list[list[tuple[str, str | None] | None]] = []
+            for i, sc in enumerate(scenes):
+                img.set_scene(sc)
+                times.append(int(img.dims.T))
+                modes.append(_acquisition_modes(img, i))
+        return _Layout(scenes, times, modes)
+    except Exception:
+        return _Layout(["Image:0"], [1], [[]])
+
+
 def _vendor_entries(path: Path, folder: str) -> list[_Entry]:
-    """One entry per scene and channel of a vendor file (time point 0)."""
+    """One entry per scene and channel of a vendor file (time point 0), described as
+    packaging reads it (:class:`~bidspack.io.vendor.VendorImage`: its channel names,
+    shape, dtype and the voxel size axis by axis from the file, e.g. a CZI's XML
+    scaling, exact)."""
     from bidspack.io.vendor import VendorImage
 
     try:
         first = VendorImage(path)
-        img = first._img
-        scenes = list(img.scenes)
     except BidspackError as exc:
         return [_Entry(folder, kind="vendor", problem=exc.message)]
+    layout = _vendor_layout(path)
     out: list[_Entry] = []
-    for s_index, scene in enumerate(scenes):
+    for s_index, scene in enumerate(layout.scenes):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img.set_scene(scene)
-                dims = img.dims
-                names = [str(c) for c in (img.channel_names or [])]
-                sizes = img.physical_pixel_sizes
-                dtype = np.dtype(img.dtype).name
-        except Exception as exc:
-            return [_Entry(folder, kind="vendor", problem=f"{path}: bioio cannot read ({exc})")]
-        modes = _acquisition_modes(img, s_index)
-        unique_names = len(set(names)) == len(names) == dims.C
-        for c in range(dims.C):
-            e = _Entry(folder, kind="vendor", files=1, dtype=dtype)
-            e.shape = (int(dims.Z), int(dims.Y), int(dims.X))
+            src = first if s_index == 0 else VendorImage(path, scene=s_index)
+        except BidspackError as exc:
+            out.append(_Entry(folder, kind="vendor", problem=exc.message))
+            continue
+        names = list(src.channel_names)
+        n_channels = max(1, len(names))
+        n_times = layout.times[s_index]
+        modes = layout.modes[s_index]
+        unique_names = len(set(names)) == len(names) == n_channels
+        for c in range(n_channels):
+            e = _Entry(folder, kind="vendor")
+            _describe_image(e, src, f"the file's metadata ({src.reader})")
             sel: dict[str, Any] = {}
-            if len(scenes) > 1:
+            if len(layout.scenes) > 1:
                 sel["scene"] = s_index
             sel["channel"] = names[c] if unique_names else c
             sel["time"] = 0
             e.select = sel
             stain = _label(names[c], f"c{c}") if c < len(names) else f"c{c}"
             e.entities = {"stain": stain}
-            if len(scenes) > 1:
+            if len(layout.scenes) > 1:
                 e.entities["chunk"] = str(s_index)
-            if all(v is not None and v > 0 for v in sizes):
-                e.voxel = [float(sizes.Z), float(sizes.Y), float(sizes.X)]
-                e.notes.append("voxel size from the file's metadata (bioio)")
             mode = modes[c] if c < len(modes) else None
             if mode is not None:
                 suffix = _suffix_of(*mode)
                 if suffix:
                     e.suffix, e.suffix_known = suffix, True
                     e.notes.append(f"acquisition mode {mode[0]} ({mode[1] or 'n/a'}): {suffix}")
-            if getattr(dims, "S", 1) > 1:
-                e.problem = f"{path}: RGB samples; bidspack packages grayscale channels only"
-            if dims.T > 1:
+            if n_times > 1:
                 e.notes.append(
-                    f"{dims.T} time points; this entry packages time point 0 (BIDS microscopy "
+                    f"{n_times} time points; this entry packages time point 0 (BIDS microscopy "
                     "has no time entity: add entries with select.time and another acq to keep more)"
                 )
             e.notes.insert(
                 0,
                 f"scene {scene!r}, channel {names[c] if c < len(names) else c!r} "
-                f"of {dims.C}, T={dims.T}",
+                f"of {n_channels}, T={n_times}",
             )
             out.append(e)
+    return out
+
+
+def _container_entries(path: Path, folder: str) -> list[_Entry]:
+    """One entry per channel of a container or instrument file that packaging reads
+    with :mod:`bidspack.io.containers` (MRC, NRRD, HDF5, Imaris, video), described as
+    packaging reads it; time point 0 of a file with several."""
+    try:
+        src = open_source(path)
+        needs_select = False
+    except BidspackError as exc:
+        try:  # several channels / time points (Imaris): the first, to learn how many
+            src = open_source(path, channel=0, time=0)
+            needs_select = True
+        except BidspackError:
+            return [_Entry(folder, kind="container", problem=exc.message)]
+    n_channels = int(getattr(src, "n_channels", 1) or 1) if needs_select else 1
+    n_times = int(getattr(src, "n_times", 1) or 1) if needs_select else 1
+    names = [str(n) for n in getattr(src, "channel_names", ())]
+    unique_names = all(names) and len(set(names)) == len(names) == n_channels
+    out: list[_Entry] = []
+    for c in range(n_channels):
+        e = _Entry(folder, kind="container", files=1)
+        try:
+            one = src if c == 0 else open_source(path, channel=c, time=0)
+            _describe_image(e, one, f"the {getattr(one, 'format', 'file')} header")
+        except BidspackError as exc:
+            e.problem = exc.message
+        if needs_select:
+            e.select = {"channel": names[c] if unique_names else c}
+            if n_times > 1:
+                e.select["time"] = 0
+                e.notes.append(
+                    f"{n_times} time points; this entry packages time point 0 (add entries "
+                    "with select.time and another acq to keep more)"
+                )
+            e.entities = {"stain": _label(names[c], f"c{c}") if unique_names else f"c{c}"}
+        out.append(e)
     return out
 
 
@@ -630,7 +735,8 @@ def draft_spec(submission: Path) -> tuple[str, list[Record]]:
                 junk.extend([rel] if p.is_file() else scan(submission, rel).files)
                 continue
             name = p.name
-            is_image = p.is_dir() or is_tiff(p) or p.suffix.lower() in VENDOR_SUFFIXES
+            container = p.is_file() and not p.is_symlink() and container_kind(p) is not None
+            is_image = p.is_dir() or is_tiff(p) or p.suffix.lower() in VENDOR_SUFFIXES or container
             if p.is_symlink() or not is_image:
                 loose.append(rel)
                 continue
@@ -648,7 +754,7 @@ def draft_spec(submission: Path) -> tuple[str, list[Record]]:
                 _scan_stack(p, e)
                 found = [e]
             else:
-                found = _vendor_entries(p, name)
+                found = (_container_entries if container else _vendor_entries)(p, name)
                 for e in found:
                     e.subjects = [d.name]
             for e in found:
@@ -669,6 +775,7 @@ def draft_spec(submission: Path) -> tuple[str, list[Record]]:
     _render_sidecar(body)
     for e in channels:
         _render_channel(body, e, len(subject_dirs), copies, submission)
+    _render_output(body, channels)
     _render_excludes(body, loose, junk)
     text, header_len = _assemble(body, submission, subject_dirs, channels, copies, junk)
     for index, key, why in body.todos:
@@ -728,8 +835,12 @@ def _channel_record(e: _Entry) -> Record:
     }
     if e.shape is not None:
         details.update(shape_zyx=list(e.shape), dtype=e.dtype)
-    if e.voxel is not None and all(v is not None for v in e.voxel):
-        details["voxel_size_zyx_um"] = list(e.voxel)
+    sizes = _sizes(e)
+    if all(v is not None for v in sizes[1:]) and (sizes[0] is not None or _is_2d(e)):
+        details["voxel_size_zyx_um"] = sizes  # z None: a 2D image
+        details["voxel_size_from_file"] = [
+            a for a, c in zip("zyx", e.carried, strict=True) if c is not None
+        ]
     return Record("channel", where, "ok", what, details)
 
 
@@ -826,6 +937,28 @@ def _fmt_voxel(v: Sequence[float | None]) -> str:
     return ", ".join("?" if x is None else f"{_num(x)}" for x in v)
 
 
+def _sizes(e: _Entry) -> list[float | None]:
+    """(z, y, x) um of *e*: the file's axes, else the spec values proposed."""
+    proposed = e.voxel or [None, None, None]
+    return [c if c is not None else v for c, v in zip(e.carried, proposed, strict=True)]
+
+
+def _is_2d(e: _Entry) -> bool:
+    """One plane and no Z size from the file or the draft: a 2D image, which stays 2D
+    (PixelSize x, y; no PhysicalSizeZ; OME-Zarr output only)."""
+    return e.shape is not None and e.shape[0] == 1 and _sizes(e)[0] is None
+
+
+def _spec_axes(e: _Entry) -> list[str]:
+    """The axes the spec's voxel_size must give: those the file does not carry, less
+    Z of a 2D image."""
+    return [
+        a
+        for a, c in zip("zyx", e.carried, strict=True)
+        if c is None and not (a == "z" and _is_2d(e))
+    ]
+
+
 def _render_channel(
     body: _Lines,
     e: _Entry,
@@ -838,8 +971,18 @@ def _render_channel(
     if e.kind == "none":
         body.add(f"# {e.files} file(s), no TIFF image: {', '.join(e.extras[:5])}")
     elif e.shape is not None:
-        kind = {"folder": "TIFF file(s)", "stack": "TIFF stack", "vendor": "vendor file"}[e.kind]
-        vox = f"voxel size (z, y, x) {_fmt_voxel(e.voxel)} um" if e.voxel else "no voxel size"
+        kind = {
+            "folder": "TIFF file(s)",
+            "stack": "TIFF stack",
+            "vendor": "vendor file",
+            "container": "container file",
+        }[e.kind]
+        sizes = _sizes(e)
+        vox = (
+            f"voxel size (z, y, x) {_fmt_voxel(sizes)} um"
+            if any(v is not None for v in sizes)
+            else "no voxel size"
+        )
         count = f"{e.files} {kind}" if e.kind == "folder" else kind
         body.add(f"# {count}, shape (z, y, x) {e.shape}, {e.dtype}, {vox}")
     for note in e.notes:
@@ -876,27 +1019,8 @@ def _render_channel(
         if e.entities:
             body.add(f"entities = {_toml_value(e.entities)}")
     body.add(f'image = "{e.image}"')
-    if e.image != "none":
-        voxel = e.voxel or [None, None, None]
-        if all(v is not None for v in voxel):
-            body.add(
-                "voxel_size = { "
-                + ", ".join(f"{a} = {v!r}" for a, v in zip("zyx", voxel, strict=True) if v)
-                + " }  # from the files",
-                'voxel_unit = "um"',
-            )
-        else:
-            parts = ", ".join(
-                f"{a} = " + ('"TODO"' if v is None else repr(v))
-                for a, v in zip("zyx", voxel, strict=True)
-            )
-            missing = ", ".join(a for a, v in zip("zyx", voxel, strict=True) if v is None)
-            body.todo(
-                f"voxel_size = {{ {parts} }}  # TODO: micrometres per voxel",
-                f"channels[{i}].voxel_size",
-                f"{e.folder}: the files carry no voxel size for {missing}; give it in micrometres",
-            )
-            body.add('voxel_unit = "um"')
+    if e.image != "none" and not e.problem:
+        _render_voxel_size(body, e, i)
     if n_subjects > len(e.subjects):
         body.add(
             f"required = false  # present in {len(e.subjects)} of {n_subjects} subject folders"
@@ -908,6 +1032,62 @@ def _render_channel(
             'extras = "sourcedata"  # or "derivative" (derivatives/<pipeline>/)',
         )
     body.add("")
+
+
+def _render_voxel_size(body: _Lines, e: _Entry, i: int) -> None:
+    """The channel's ``voxel_size``: only the axes the file does not carry (packaging
+    takes the file's own values and refuses a spec value that contradicts one), with a
+    comment naming the axes the file carries; none for Z of a 2D image."""
+    carried = ", ".join(a for a, c in zip("zyx", e.carried, strict=True) if c is not None)
+    if carried:
+        lead = "not repeated in voxel_size" if _spec_axes(e) else "so no voxel_size"
+        body.add(
+            f"# the file carries the voxel size of {carried}: {lead} (spec values are",
+            "# only for axes a file lacks; packaging takes the file's own values)",
+        )
+    if _is_2d(e):
+        body.add(
+            "# 2D image (one plane, no Z size): it stays 2D (PixelSize x, y), written as",
+            "# OME-Zarr only (see [output]); give voxel_size.z to make it a one-plane stack",
+        )
+    axes_needed = _spec_axes(e)
+    if not axes_needed:
+        return
+    proposed = dict(zip("zyx", e.voxel or [None, None, None], strict=True))
+    if all(proposed[a] is not None for a in axes_needed):
+        body.add(
+            "voxel_size = { "
+            + ", ".join(f"{a} = {proposed[a]!r}" for a in axes_needed)
+            + " }  # from the files",
+            'voxel_unit = "um"',
+        )
+        return
+    parts = ", ".join(
+        f"{a} = " + ('"TODO"' if proposed[a] is None else repr(proposed[a])) for a in axes_needed
+    )
+    missing = ", ".join(a for a in axes_needed if proposed[a] is None)
+    body.todo(
+        f"voxel_size = {{ {parts} }}  # TODO: micrometres per voxel",
+        f"channels[{i}].voxel_size",
+        f"{e.folder}: the files carry no voxel size for {missing}; give it in micrometres",
+    )
+    body.add('voxel_unit = "um"')
+
+
+def _render_output(body: _Lines, channels: Sequence[_Entry]) -> None:
+    """An ``[output]`` table when an image is 2D (no Z size): OME-Zarr only, since the
+    BIDS validator rejects an OME-TIFF without PhysicalSizeZ."""
+    flat = [e.folder for e in channels if e.image != "none" and not e.problem and _is_2d(e)]
+    if not flat:
+        return
+    body.add(
+        "[output]",
+        f"# 2D image(s) with no Z size ({', '.join(sorted(set(flat)))}): an OME-TIFF of one",
+        "# would fail the BIDS validator (PixelSize and PhysicalSizeZ), so OME-Zarr only.",
+        '# CHECK: or give those channels voxel_size.z and add "ome-tiff"',
+        'formats = ["ome-zarr"]',
+        "",
+    )
 
 
 def _render_excludes(body: _Lines, loose: Sequence[str], junk: Sequence[str]) -> None:
