@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
 
@@ -359,3 +360,61 @@ def test_without_split_the_plan_names_what_is_left_out(tmp_path: Path, realdata:
     )
     res3 = run_bidspack("package", str(sub3), str(tmp_path / "ds3"), "--spec", str(spec3))
     assert res3.returncode != 0 and "channels[0].split" in res3.stderr
+
+
+def test_whole_writes_one_ome_tiff_with_c_and_t_axes(tmp_path: Path, realdata: Path) -> None:
+    """The T3 C2 CZI written whole: one OME-TIFF (T 3, C 2, Z 5) in XYZCT order whose
+    TCZYX pixel hash equals the file's own channels and time points read one by one,
+    with both channels' names and wavelengths in its OME-XML; verify and the validator
+    accept it; nothing is reported left out."""
+    from bidspack.io.pixelhash import PixelHasher
+    from bidspack.io.vendor import VendorImage
+    from bidspack.ops.verify import verify
+
+    sub, spec = _czi_submission(tmp_path, realdata, "whole = true")
+    ds = tmp_path / "ds"
+    recs = list(package(sub, ds, load_spec(spec)))
+    assert not [r for r in recs if r.status == "error"], [r.message for r in recs]
+    conv = next(r for r in recs if r.action == "convert")
+    assert "3 time point(s) x 2 channel(s) (LED555, LED470) x 5 plane(s)" in conv.message
+    assert "left out" not in conv.message
+    out = ds / "sub-1" / "micr" / "sub-1_sample-brain_SPIM.ome.tif"
+    with tifffile.TiffFile(out) as tif:
+        assert (tif.series[0].axes, tif.series[0].shape) == ("TCZYX", (3, 2, 5, 170, 240))
+        xml = tif.ome_metadata
+    px = parse_omexml(xml).images[0].pixels
+    assert (px.size_t, px.size_c, px.size_z) == (3, 2, 5)
+    assert [c.name for c in px.channels] == ["LED555", "LED470"]
+    assert [c.excitation_wavelength for c in px.channels] == [553.0, 493.0]
+    # display colours from the CZI (#AARRGGBB there), as OME RGBA colours
+    assert [c.color.as_rgb_tuple() for c in px.channels] == [(255, 126, 0), (0, 255, 51)]
+    czi = sub / "embryo1" / "cells.czi"
+    hasher = PixelHasher("TCZYX", (3, 2, 5, 170, 240), np.dtype("uint16"))
+    for t in range(3):
+        for c in range(2):
+            for plane in VendorImage(czi, channel=c, time=t).iter_planes():
+                hasher.update(plane)
+    assert pixel_hash_of_file(out) == hasher.hexdigest()
+    assert not [r for r in verify(ds) if r.status == "error"]
+    # OME-Zarr output and whole together, and whole with split: clear errors
+    res = run_bidspack(
+        "package",
+        str(sub),
+        str(tmp_path / "z"),
+        "--spec",
+        str(
+            _czi_submission(
+                tmp_path / "z0", realdata, 'whole = true\n[output]\nformats = ["ome-zarr"]'
+            )[1]
+        ),
+    )
+    assert res.returncode != 0 and "OME-TIFF only" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = run_bidspack(
+        "package",
+        str(sub),
+        str(tmp_path / "y"),
+        "--spec",
+        str(_czi_submission(tmp_path / "y0", realdata, 'whole = true\nsplit = ["time"]')[1]),
+    )
+    assert res.returncode != 0 and "channels[0].whole" in res.stderr

@@ -216,6 +216,7 @@ REAL_CZIS = {
             "ChannelNames": ["LED555", "LED470"],
             "ExcitationWavelengths": [553.0, 493.0],
             "EmissionWavelengths": [568.0, 517.0],
+            "ChannelColors": ["#FF7E00", "#00FF33"],
             "AcquisitionDateTime": "2016-02-12T09:41:02.4915604Z",
         },
     ),
@@ -234,6 +235,7 @@ REAL_CZIS = {
             "ChannelNames": ["LatticeLightsheet 1-T1", "LatticeLightsheet 2-T2"],
             "ExcitationWavelengths": [561.0, 488.0],
             "EmissionWavelengths": [642.0, 561.0],
+            "ChannelColors": ["#FF00FF", "#00FFFF"],
             "AcquisitionDateTime": "2019-11-23T13:27:18.761492Z",
         },
     ),
@@ -290,7 +292,7 @@ def test_every_real_czi_is_read(realdata: Path) -> None:
         assert src.shape == shape and src.dtype == np.dtype(dtype), path.name
         assert src.info.found_sizes() == axes, path.name  # exact, not approximately
         assert src.info.physical_size == (None if None in axes else axes)
-        singles = {"ChannelName", "ExcitationWavelength", "EmissionWavelength"}
+        singles = {"ChannelName", "ExcitationWavelength", "EmissionWavelength", "ChannelColor"}
         assert {k: v for k, v in src.instrument.items() if k not in singles} == instrument
         for key in singles:  # channel 0's values, as the output OME-XML takes them
             values = instrument.get(key + "s")

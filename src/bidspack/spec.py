@@ -95,6 +95,7 @@ class Channel:
     label_name: str | None = None
     select: dict[str, Any] = field(default_factory=dict)
     split: tuple[str, ...] = ()
+    whole: bool = False
 
 
 #: BIDS entity (full name) each ``split`` dimension sets.
@@ -457,6 +458,14 @@ def _build(path: Path, doc: dict[str, Any], text: str, fail: Any) -> PackagingSp
                 f"folder {folder!r} is listed twice" + (" with the same select" if select else ""),
             )
         folders.add(key)
+        if ch.get("whole"):
+            if ch.get("split") or "channel" in select or "time" in select:
+                raise fail(
+                    ["channels", i, "whole"],
+                    "whole writes every channel and time point: no split, no select of them",
+                )
+            if ch.get("labels_of") or ch.get("image") in ("none", "label"):
+                raise fail(["channels", i, "whole"], "whole is for intensity images")
         for dim in ch.get("split", ()):
             entity = SPLIT_ENTITIES[dim]
             if dim in select:
@@ -512,6 +521,7 @@ def _build(path: Path, doc: dict[str, Any], text: str, fail: Any) -> PackagingSp
                 else None,
                 select=select,
                 split=tuple(ch.get("split", ())),
+                whole=bool(ch.get("whole", False)),
                 label_name=ch.get("label_name")
                 or re.sub(r"[^A-Za-z0-9._-]", "_", ch.get("desc") or folder).lstrip("._-")
                 or f"label{i}",

@@ -85,7 +85,7 @@ SIDECAR_FROM_FILE = (
 
 #: Keys of a source's ``instrument`` that go to the output OME-XML
 #: (:func:`bidspack.io.omexml.build_omexml`) but have no microscopy sidecar field.
-OMEXML_ONLY = ("ChannelName", "ExcitationWavelength", "EmissionWavelength")
+OMEXML_ONLY = ("ChannelName", "ExcitationWavelength", "EmissionWavelength", "ChannelColor")
 
 
 def omexml_metadata(instrument: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import tifffile
 from bidspack.errors import IntegrityError
 from bidspack.io.omexml import build_omexml
 from bidspack.io.pixelhash import PixelHasher
-from bidspack.io.sources import ImageSource, TiffStack
+from bidspack.io.sources import ImageSource, TiffStack, stack_axes
 
 DEFAULT_TILE = 256
 OMEXML_BLOCK = 512
@@ -194,9 +194,12 @@ def write_ome_tiff(
     levels = pyramid_shapes(y, x)
     if bigtiff is None:
         bigtiff = needs_bigtiff(source.shape, dtype)
+    tcz: tuple[int, int, int] | None = getattr(source, "tcz", None)
     xml = build_omexml(
         name=name,
-        shape_zyx=source.shape,
+        shape_zyx=(tcz[2], y, x) if tcz else source.shape,
+        sizes_tc=(tcz[0], tcz[1]) if tcz else (1, 1),
+        channel_metadata=getattr(source, "channel_instruments", None) if tcz else None,
         dtype=dtype,
         physical_size_zyx_um=physical_size_zyx_um,
         channel_name=channel_name,
@@ -206,7 +209,7 @@ def write_ome_tiff(
     xml = pad_description(xml)
     workdir.mkdir(parents=True, exist_ok=True)
     spill_paths = [workdir / f"{path.name}.level{i}.raw" for i in range(1, len(levels))]
-    hasher = PixelHasher("ZYX", source.shape, dtype)
+    hasher = PixelHasher(*stack_axes(tcz, source.shape), dtype)
     codec = None if compression == "none" else compression
     codec_args = {"level": compression_level} if compression == "zlib" else None
     workers = max_workers or os.cpu_count() or 1
@@ -289,9 +292,12 @@ def write_ome_tiff(
 
 
 def pixel_hash_of_file(path: Path) -> str:
-    """Pixel hash (``ZYX``) of level 0 of a single-channel (OME-)TIFF stack, streaming."""
-    stack = TiffStack(path)
-    hasher = PixelHasher("ZYX", stack.shape, stack.dtype)
+    """Pixel hash of level 0 of an (OME-)TIFF stack, streaming: ``ZYX`` for one stack,
+    ``TCZYX`` (without T or C of size 1) for an OME-TIFF with C/T axes
+    (:func:`bidspack.io.sources.stack_axes`)."""
+    stack = TiffStack(path, channels_and_times=True)
+    axes, shape = stack_axes(stack.tcz, stack.shape)
+    hasher = PixelHasher(axes, shape, stack.dtype)
     for plane in stack.iter_planes():
         hasher.update(plane)
     return hasher.hexdigest()

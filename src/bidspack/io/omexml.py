@@ -8,7 +8,7 @@ No UUID, no acquisition date, no timestamp: the XML depends only on the inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -65,8 +65,12 @@ def build_omexml(
     channel_name: str | None = None,
     origin_zyx_um: tuple[float, float, float] | None = None,
     instrument: Mapping[str, Any] | None = None,
+    sizes_tc: tuple[int, int] = (1, 1),
+    channel_metadata: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """OME-XML for one single-channel Z-stack stored as consecutive IFDs from IFD 0.
+    """OME-XML for one image stored as consecutive IFDs from IFD 0: a single-channel
+    Z-stack, or (*sizes_tc*) T time points of C channels of Z planes in ``XYZCT``
+    order.
 
     Args:
         name: the ``Image`` name (bidspack uses the BIDS file name without extension).
@@ -81,10 +85,15 @@ def build_omexml(
         instrument: what the source file says of its acquisition, keyed by BIDS
             sidecar field names (``Manufacturer``, ``ManufacturersModelName``,
             ``NumericalAperture``, ``Magnification``, ``Immersion``) plus
-            ``ExcitationWavelength`` / ``EmissionWavelength`` (nm, this channel) and
-            ``ChannelName``; written as an OME ``Instrument`` (``Microscope``,
-            ``Objective``) referenced by the image, and as ``Channel`` attributes.
+            ``ExcitationWavelength`` / ``EmissionWavelength`` (nm, this channel),
+            ``ChannelName`` and ``ChannelColor`` (``#RRGGBB``); written as an OME
+            ``Instrument`` (``Microscope``, ``Objective``) referenced by the image, and
+            as ``Channel`` attributes.
             Keys that are absent are not written.
+        sizes_tc: ``(t, c)``, the OME ``SizeT`` and ``SizeC``.
+        channel_metadata: for C channels, each channel's mapping (``ChannelName``,
+            ``ExcitationWavelength``, ``EmissionWavelength``); default *instrument* for
+            a single channel.
 
     Raises:
         ValueError: unsupported dtype.
@@ -95,19 +104,23 @@ def build_omexml(
     z, y, x = shape_zyx
     pz, py, px = physical_size_zyx_um
     meta = dict(instrument or {})
-    ch_kw: dict[str, Any] = {}
-    if meta.get("ExcitationWavelength") is not None:
-        ch_kw["excitation_wavelength"] = float(meta["ExcitationWavelength"])
-        ch_kw["excitation_wavelength_unit"] = UnitsLength.NANOMETER
-    if meta.get("EmissionWavelength") is not None:
-        ch_kw["emission_wavelength"] = float(meta["EmissionWavelength"])
-        ch_kw["emission_wavelength_unit"] = UnitsLength.NANOMETER
-    channel = Channel(
-        id="Channel:0:0",
-        samples_per_pixel=1,
-        name=channel_name or meta.get("ChannelName"),
-        **ch_kw,
-    )
+    nt, nc = (int(v) for v in sizes_tc)
+    per_channel = list(channel_metadata) if channel_metadata else [meta]
+    if len(per_channel) != nc:
+        per_channel = (per_channel + [{}] * nc)[:nc]
+    channels = []
+    for ci, cmeta in enumerate(per_channel):
+        ch_kw: dict[str, Any] = {}
+        if cmeta.get("ExcitationWavelength") is not None:
+            ch_kw["excitation_wavelength"] = float(cmeta["ExcitationWavelength"])
+            ch_kw["excitation_wavelength_unit"] = UnitsLength.NANOMETER
+        if cmeta.get("EmissionWavelength") is not None:
+            ch_kw["emission_wavelength"] = float(cmeta["EmissionWavelength"])
+            ch_kw["emission_wavelength_unit"] = UnitsLength.NANOMETER
+        if cmeta.get("ChannelColor"):
+            ch_kw["color"] = str(cmeta["ChannelColor"])
+        cname = (channel_name if nc == 1 else None) or cmeta.get("ChannelName") or None
+        channels.append(Channel(id=f"Channel:0:{ci}", samples_per_pixel=1, name=cname, **ch_kw))
     z_kw: dict[str, Any] = {}
     if pz is not None:
         z_kw = {"physical_size_z": float(pz), "physical_size_z_unit": UnitsLength.MICROMETER}
@@ -118,15 +131,15 @@ def build_omexml(
         size_x=x,
         size_y=y,
         size_z=z,
-        size_c=1,
-        size_t=1,
+        size_c=nc,
+        size_t=nt,
         physical_size_x=float(px),
         physical_size_x_unit=UnitsLength.MICROMETER,
         physical_size_y=float(py),
         physical_size_y_unit=UnitsLength.MICROMETER,
         big_endian=False,
-        channels=[channel],
-        tiff_data_blocks=[TiffData(ifd=0, plane_count=z)],
+        channels=channels,
+        tiff_data_blocks=[TiffData(ifd=0, plane_count=z * nc * nt)],
         **z_kw,
     )
     if origin_zyx_um is not None:

@@ -348,16 +348,31 @@ class TiffStack(ImageSource):
     Physical sizes come from the OME-XML (``PhysicalSizeX/Y/Z`` with their units,
     converted to micrometres) when the file is an OME-TIFF that gives all three.
 
+    With *channels_and_times*, an OME-TIFF with C and/or T axes (as bidspack writes
+    for ``whole = true``) is read too: its pages in file order (Z fastest, then C,
+    then T) as a flattened ``(t * c * z, y, x)`` stack, with :attr:`tcz` giving
+    ``(t, c, z)``; :func:`stack_axes` names its pixel-hash axes.
+
     Raises:
-        SourceError: unreadable file, more than one channel or time point, RGB.
+        SourceError: unreadable file, more than one channel or time point (unless
+            *channels_and_times*), RGB.
     """
 
     _PLANE_AXES = ("ZYX", "IYX", "QYX", "YX")
+    _TC_AXES = ("CZYX", "TZYX", "TCZYX", "CYX", "TYX", "TCYX")
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, channels_and_times: bool = False):
         self.path = Path(path)
         self.files = (self.path,)
         shape, axes, dtype, _ = _tiff_header(self.path)
+        self.tcz: tuple[int, int, int] | None = None
+        if channels_and_times and axes in self._TC_AXES:
+            sizes = dict(zip(axes, shape, strict=True))
+            t, c, z = sizes.get("T", 1), sizes.get("C", 1), sizes.get("Z", 1)
+            self.tcz = (int(t), int(c), int(z))
+            self.n_channels, self.n_times = int(c), int(t)
+            shape = (t * c * z, sizes["Y"], sizes["X"])
+            axes = "ZYX"
         if axes not in self._PLANE_AXES:
             raise SourceError(
                 self.path,
@@ -442,6 +457,8 @@ def left_out_of(src: ImageSource, split: Sequence[str] = ()) -> tuple[str, ...]:
     (container readers), without the dimensions in *split* (``"channel"``,
     ``"time"``), which are written as images of their own."""
     items = list(src.left_out)
+    if getattr(src, "tcz", None) is not None:  # every channel and time point is read
+        return tuple(items)
     channel = getattr(src, "channel", 0) or 0
     time = getattr(src, "time", 0) or 0
     if src.n_channels > 1 and not any(i.startswith("channel(s)") for i in items):
@@ -454,6 +471,85 @@ def left_out_of(src: ImageSource, split: Sequence[str] = ()) -> tuple[str, ...]:
         items.append("time point(s) " + ", ".join(others))
     drop = tuple(p for d, p in (("channel", "channel(s)"), ("time", "time point(s)")) if d in split)
     return tuple(i for i in items if not (drop and i.startswith(drop)))
+
+
+def stack_axes(
+    tcz: tuple[int, int, int] | None, shape_zyx: Sequence[int]
+) -> tuple[str, tuple[int, ...]]:
+    """Pixel-hash axes and shape of an image: ``ZYX`` and its shape for one stack (a 2D
+    image too: Z of size 1 is kept, as every bidspack hash of a stack does), else
+    ``TCZYX`` without the T or C of size 1, for a flattened ``(t * c * z, y, x)``
+    source with ``tcz`` ``(t, c, z)``."""
+    if tcz is None or (tcz[0] == 1 and tcz[1] == 1):
+        return "ZYX", tuple(int(v) for v in shape_zyx)
+    t, c, z = tcz
+    axes = ("T" if t > 1 else "") + ("C" if c > 1 else "") + "ZYX"
+    dims = ([t] if t > 1 else []) + ([c] if c > 1 else []) + [z, shape_zyx[1], shape_zyx[2]]
+    return axes, tuple(int(v) for v in dims)
+
+
+class ChannelTimeStack(ImageSource):
+    """Every channel and time point of a vendor or container file as one flattened
+    ``(t * c * z, y, x)`` source (planes in OME ``XYZCT`` order: Z fastest, then C,
+    then T), for ``whole = true``: an OME-TIFF with C and T axes.
+
+    Attributes:
+        tcz: ``(t, c, z)``.
+        channel_names: names of the C channels (empty strings where the file has none).
+        channel_instruments: per channel, the file's acquisition metadata for it.
+
+    Raises:
+        SourceError: the file cannot be read, or its channels/time points differ in
+            shape or pixel type.
+    """
+
+    def __init__(self, path: Path, *, scene: int | str | None = None):
+        self.path = Path(path)
+        self.files = (self.path,)
+        self.scene = scene
+        first = open_source(self.path, scene=scene, channel=0, time=0)
+        t, c = first.n_times, first.n_channels
+        z, y, x = first.shape
+        self.tcz = (t, c, z)
+        self.n_channels, self.n_times = c, t
+        self.left_out = left_out_of(first, ("channel", "time"))
+        names = [str(n or "") for n in (getattr(first, "channel_names", ()) or ())]
+        self.channel_names = tuple(names + [""] * (c - len(names)))[:c]
+        self.channel_instruments: list[Mapping[str, Any]] = []
+        for ci in range(c):
+            one = first if ci == 0 else open_source(self.path, scene=scene, channel=ci, time=0)
+            if one.shape != first.shape or one.dtype != first.dtype:
+                raise SourceError(
+                    self.path,
+                    f"channel {ci} is {one.shape} {one.dtype}, channel 0 {first.shape} "
+                    f"{first.dtype}: one image with C and T axes needs equal stacks",
+                )
+            self.channel_instruments.append(dict(one.instrument))
+        self.instrument = first.instrument
+        self.info = StackInfo(
+            shape=(t * c * z, y, x),
+            dtype=first.dtype,
+            physical_size=first.info.physical_size,
+            origin=first.info.origin,
+            physical_axes=first.info.found_sizes(),
+        )
+        self._z = z
+
+    def _stack(self, t: int, ci: int) -> ImageSource:
+        return open_source(self.path, scene=self.scene, channel=ci, time=t)
+
+    def read_plane(self, z: int) -> np.ndarray:
+        """Plane *z* of the flattened stack: time ``z // (c * nz)``, channel
+        ``(z // nz) % c``, slice ``z % nz``."""
+        _, c, nz = self.tcz
+        return self._stack(z // (c * nz), (z // nz) % c).read_plane(z % nz)
+
+    def iter_planes(self, *, prefetch: int = 4, workers: int = 2) -> Iterator[np.ndarray]:
+        """Every plane in ``XYZCT`` order, one (z, y, x) stack after the other."""
+        t, c, _ = self.tcz
+        for ti in range(t):
+            for ci in range(c):
+                yield from self._stack(ti, ci).iter_planes(prefetch=prefetch, workers=workers)
 
 
 def open_files(folder: Path, files: list[Path]) -> ImageSource:

@@ -375,6 +375,8 @@ def czi_instrument(root: ET.Element) -> dict[str, object]:
     - ``ChannelNames``, ``ExcitationWavelengths``, ``EmissionWavelengths`` (nm): one
       entry per ``Information/Image/Dimensions/Channels/Channel``, ``None`` where that
       channel has none (present when at least one channel has one);
+    - ``ChannelColors``: each channel's display ``Color`` (``#AARRGGBB`` in the file) as
+      ``#RRGGBB``, ``None`` where absent;
     - ``AcquisitionDateTime``: ``Information/Image/AcquisitionDateAndTime`` as written.
 
     Numbers are rounded to 12 significant digits (``1.4000000000000001`` -> ``1.4``);
@@ -429,10 +431,20 @@ def czi_instrument(root: ET.Element) -> dict[str, object]:
         waves = [_number(_text(c, tag)) for c in channels]
         if any(w is not None for w in waves):
             out[key] = waves
+    colors = [_czi_color(_text(c, "Color")) for c in channels]
+    if any(colors):
+        out["ChannelColors"] = colors
     when = _text(image, "AcquisitionDateAndTime")
     if when:
         out["AcquisitionDateTime"] = when
     return out
+
+
+def _czi_color(text: str | None) -> str | None:
+    """A CZI ``Color`` (``#AARRGGBB`` or ``#RRGGBB``) as ``#RRGGBB``; else ``None``."""
+    if text and re.fullmatch(r"#([0-9A-Fa-f]{2})?[0-9A-Fa-f]{6}", text.strip()):
+        return "#" + text.strip()[-6:].upper()
+    return None
 
 
 def _parse_xml(text: str, path: Path) -> ET.Element:
@@ -466,6 +478,7 @@ CHANNEL_KEYS = {
     "ChannelNames": "ChannelName",
     "ExcitationWavelengths": "ExcitationWavelength",
     "EmissionWavelengths": "EmissionWavelength",
+    "ChannelColors": "ChannelColor",
 }
 
 

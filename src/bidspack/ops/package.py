@@ -38,6 +38,7 @@ from bidspack.errors import (
 from bidspack.io.ometiff import ome_tiff_extension, write_ome_tiff
 from bidspack.io.omezarr import write_ome_zarr
 from bidspack.io.sources import (
+    ChannelTimeStack,
     ImageSource,
     is_tiff,
     left_out_of,
@@ -227,7 +228,8 @@ def open_planned(
     """The one way packaging opens an image, at planning and when applying the plan:
 
     - ``reader = "file"``: the spec names one file (a TIFF stack, a single 2D TIFF read
-      as one plane, or a vendor file with *select*);
+      as one plane, or a vendor file with *select*; ``select["whole"]``: all its
+      channels and time points, :class:`~bidspack.io.sources.ChannelTimeStack`);
     - ``reader = "folder"``: the TIFFs of a channel folder (*sources*): one file with
       more than one plane is a stack, anything else a slice folder.
 
@@ -236,6 +238,10 @@ def open_planned(
         SourceError: see :func:`bidspack.io.sources.open_source` / ``open_files``.
     """
     files = [submission / s for s in sources]
+    if reader == "file" and select.get("whole"):
+        if is_tiff(files[0]):
+            raise PlanError(files[0], "whole is for vendor and container files, not TIFFs")
+        return ChannelTimeStack(files[0], scene=select.get("scene"))
     if reader == "file":
         return open_source(files[0], **select)
     if select:
@@ -457,6 +463,16 @@ def build_plan(
                     unreadable.append(exc)  # every unreadable image is named at once
                     continue
                 for ch in variants:  # one image per split channel/time point
+                    if ch.whole:
+                        if "ome-zarr" in out["formats"]:
+                            raise SpecError(
+                                spec.source,
+                                f"{rel}: whole (C and T axes) is written as OME-TIFF only",
+                                location=f"channels[{ch.index}].whole",
+                                hint='[output] formats = ["ome-tiff"], or split = '
+                                '["channel", "time"] for OME-Zarr',
+                            )
+                        ch = replace(ch, select={**ch.select, "whole": True})
                     try:
                         src = open_planned(submission, reader, image_files, ch.select)
                     except (SourceError, ResourceLimitError) as exc:
@@ -497,6 +513,10 @@ def build_plan(
                         common["left_out"] = list(left_out)
                     if ch.split:
                         common["split"] = {k: ch.select[k] for k in ch.split}
+                    tcz = getattr(src, "tcz", None)
+                    if tcz is not None:
+                        common["tcz"] = list(tcz)
+                        common["channel_names"] = list(getattr(src, "channel_names", ()))
                     for fmt in out["formats"]:
                         if fmt == "ome-zarr":
                             target = stem + ".ome.zarr"
@@ -1143,6 +1163,11 @@ def _notes(p: dict[str, Any]) -> str:
     sizes the spec overrode, sidecar values the spec replaced, and what a vendor file
     holds beyond the image (never left out silently)."""
     out = ""
+    if p.get("tcz"):
+        t, c, z = p["tcz"]
+        names = ", ".join(n or "?" for n in p.get("channel_names", []))
+        out += f"; one image with C and T axes: {t} time point(s) x {c} channel(s)"
+        out += f" ({names}) x {z} plane(s)"
     if p.get("voxel_size_zyx_um") and p["voxel_size_zyx_um"][0] is None:
         out += "; 2D image (PixelSize x, y; no Z size)"
     for axis, (was, now) in sorted(p.get("voxel_size_overridden", {}).items()):
