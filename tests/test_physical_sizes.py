@@ -266,6 +266,9 @@ def test_package_spec_conflicts(tmp_path: Path, ometiff: Path) -> None:
     assert plan["parameters"]["override_voxel_size"] is True
     conv = next(a for a in plan["actions"] if a["kind"] == "convert")
     assert conv["params"]["voxel_size_overridden"] == {"y": [SIZE, 1.05], "x": [SIZE, 1.05]}
+    origin = conv["params"]["sidecar_origin"]
+    assert origin["Immersion"] == "spec"  # the spec's value won over the file's "Air"
+    assert origin["NumericalAperture"] == "file" and origin["Magnification"] == "file"
 
 
 # --- channels and time points: split, or left out with a word ------------------------

@@ -506,6 +506,10 @@ def build_plan(
                     ome_meta = omexml_metadata(src.instrument)
                     if ome_meta:
                         common["instrument"] = ome_meta
+                    spec_fields = {**spec.raw.get("sidecar", {}), **ch.sidecar}
+                    origins = {k: "file" for k in file_fields} | {k: "spec" for k in spec_fields}
+                    if origins:  # where every sidecar value beyond PixelSize comes from
+                        common["sidecar_origin"] = dict(sorted(origins.items()))
                     if meta_warnings:
                         common["metadata_warnings"] = meta_warnings
                     left_out = left_out_of(src, ch.split)
