@@ -254,7 +254,6 @@ class ContainerSource(ImageSource):
     format: str = ""
     axes: str = "ZYX"
     file_shape: tuple[int, ...] = ()
-    channel_names: tuple[str, ...] = ()
     channel: int | None = None
     channel_name: str | None = None
     time: int | None = None

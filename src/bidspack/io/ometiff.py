@@ -194,7 +194,7 @@ def write_ome_tiff(
     levels = pyramid_shapes(y, x)
     if bigtiff is None:
         bigtiff = needs_bigtiff(source.shape, dtype)
-    tcz: tuple[int, int, int] | None = getattr(source, "tcz", None)
+    tcz = source.tcz
     xml = build_omexml(
         name=name,
         shape_zyx=(tcz[2], y, x) if tcz else source.shape,

@@ -159,6 +159,12 @@ class ImageSource(ABC):
     #: container files may hold several, see ``left_out``)
     n_channels: int = 1
     n_times: int = 1
+    #: the channel names the file gives (vendor and container files; may be empty)
+    channel_names: tuple[str, ...] = ()
+    #: ``(t, c, z)`` of an image with C and/or T axes read as a flattened
+    #: ``(t * c * z, y, x)`` stack (:class:`ChannelTimeStack`, an OME-TIFF read with
+    #: ``channels_and_times``); ``None`` for a plain ``(z, y, x)`` stack
+    tcz: tuple[int, int, int] | None = None
     #: acquisition metadata the file carries, keyed by BIDS sidecar field names
     #: (``Manufacturer``, ``NumericalAperture``, ...; see
     #: :func:`bidspack.io.omexml.instrument_of`); empty when none
@@ -365,7 +371,7 @@ class TiffStack(ImageSource):
         self.path = Path(path)
         self.files = (self.path,)
         shape, axes, dtype, _ = _tiff_header(self.path)
-        self.tcz: tuple[int, int, int] | None = None
+        self.tcz = None
         if channels_and_times and axes in self._TC_AXES:
             sizes = dict(zip(axes, shape, strict=True))
             t, c, z = sizes.get("T", 1), sizes.get("C", 1), sizes.get("Z", 1)
@@ -383,9 +389,10 @@ class TiffStack(ImageSource):
         if axes == "YX":
             shape = (1, *shape)
         axes_um, origin, self.instrument = _ome_geometry(self.path)
+        z_um, y_um, x_um = axes_um or (None, None, None)
         complete = None
-        if axes_um is not None and None not in axes_um:
-            complete = (float(axes_um[0] or 0), float(axes_um[1] or 0), float(axes_um[2] or 0))
+        if z_um is not None and y_um is not None and x_um is not None:
+            complete = (z_um, y_um, x_um)
         self.info = StackInfo(
             shape=(int(shape[0]), int(shape[1]), int(shape[2])),
             dtype=dtype,
@@ -457,7 +464,7 @@ def left_out_of(src: ImageSource, split: Sequence[str] = ()) -> tuple[str, ...]:
     (container readers), without the dimensions in *split* (``"channel"``,
     ``"time"``), which are written as images of their own."""
     items = list(src.left_out)
-    if getattr(src, "tcz", None) is not None:  # every channel and time point is read
+    if src.tcz is not None:  # every channel and time point is read
         return tuple(items)
     channel = getattr(src, "channel", 0) or 0
     time = getattr(src, "time", 0) or 0
@@ -510,10 +517,11 @@ class ChannelTimeStack(ImageSource):
         first = open_source(self.path, scene=scene, channel=0, time=0)
         t, c = first.n_times, first.n_channels
         z, y, x = first.shape
-        self.tcz = (t, c, z)
+        self._tcz = (t, c, z)
+        self.tcz = self._tcz
         self.n_channels, self.n_times = c, t
         self.left_out = left_out_of(first, ("channel", "time"))
-        names = [str(n or "") for n in (getattr(first, "channel_names", ()) or ())]
+        names = [str(n or "") for n in first.channel_names]
         self.channel_names = tuple(names + [""] * (c - len(names)))[:c]
         self.channel_instruments: list[Mapping[str, Any]] = []
         for ci in range(c):
@@ -533,7 +541,6 @@ class ChannelTimeStack(ImageSource):
             origin=first.info.origin,
             physical_axes=first.info.found_sizes(),
         )
-        self._z = z
 
     def _stack(self, t: int, ci: int) -> ImageSource:
         return open_source(self.path, scene=self.scene, channel=ci, time=t)
@@ -541,12 +548,12 @@ class ChannelTimeStack(ImageSource):
     def read_plane(self, z: int) -> np.ndarray:
         """Plane *z* of the flattened stack: time ``z // (c * nz)``, channel
         ``(z // nz) % c``, slice ``z % nz``."""
-        _, c, nz = self.tcz
+        _, c, nz = self._tcz
         return self._stack(z // (c * nz), (z // nz) % c).read_plane(z % nz)
 
     def iter_planes(self, *, prefetch: int = 4, workers: int = 2) -> Iterator[np.ndarray]:
         """Every plane in ``XYZCT`` order, one (z, y, x) stack after the other."""
-        t, c, _ = self.tcz
+        t, c, _ = self._tcz
         for ti in range(t):
             for ci in range(c):
                 yield from self._stack(ti, ci).iter_planes(prefetch=prefetch, workers=workers)

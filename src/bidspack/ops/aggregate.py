@@ -27,7 +27,7 @@ from bidspack.errors import OutputError, PlanError
 from bidspack.io.ometiff import Compression, write_ome_tiff
 from bidspack.io.omezarr import DEFAULT_VERSION, NGFF_VERSIONS, write_ome_zarr
 from bidspack.io.sources import ImageSource, left_out_of, open_source
-from bidspack.io.voxels import VoxelSize, VoxelSizeError, resolve_voxel_size, zarr_zyx
+from bidspack.io.voxels import VoxelSize, VoxelSizeError, resolve_voxel_size
 from bidspack.records import Record
 from bidspack.safety import is_within
 from bidspack.txn.beside import remove_stale, staged_beside, work_prefix
@@ -49,26 +49,29 @@ class AggregatePlan:
         source: the opened image, ``(z, y, x)``.
         out: the output path.
         fmt: ``"ome-zarr"`` or ``"ome-tiff"``.
-        voxel_um: ``(z, y, x)`` voxel size in micrometres (``z`` ``None``: a 2D image).
+        voxel: the voxel size decision: ``(z, y, x)`` micrometres (``z`` ``None``: a 2D
+            image), the origin of each axis ("file", "spec") and any override.
         name: image name (multiscale / OME ``Image`` name).
         kind: ``"intensity"`` or ``"label"``.
         labels: NGFF label images (name -> opened source), OME-Zarr only.
         origin_um: ``(z, y, x)`` micrometres of the first voxel (OME-Zarr translation,
             OME-TIFF ``Plane`` position), given or from the source's OME-XML; ``None``:
             none.
-        voxel: the voxel size decision with the origin of each axis ("file", "spec")
-            and any override.
     """
 
     source: ImageSource
     out: Path
     fmt: str
-    voxel_um: tuple[float | None, float, float]
+    voxel: VoxelSize
     name: str
     kind: str
     labels: dict[str, ImageSource] = field(default_factory=dict)
     origin_um: tuple[float, float, float] | None = None
-    voxel: VoxelSize | None = None
+
+    @property
+    def voxel_um(self) -> tuple[float | None, float, float]:
+        """``(z, y, x)`` voxel size in micrometres (``z`` ``None``: a 2D image)."""
+        return self.voxel.zyx_um
 
     def describe(self) -> dict[str, Any]:
         """The plan as JSON-able details (paths as given)."""
@@ -83,8 +86,7 @@ class AggregatePlan:
             "format": self.fmt,
             "shape_zyx": list(self.source.shape),
             "dtype": self.source.dtype.name,
-            "voxel_size_zyx_um": list(self.voxel_um),
-            **(self.voxel.to_json() if self.voxel is not None else {}),
+            **self.voxel.to_json(),  # sizes, their origins, any override
             "instrument": omexml_metadata(self.source.instrument),
             "image": self.kind,
             "labels": {n: str(s.path) for n, s in self.labels.items()},
@@ -178,7 +180,7 @@ def plan_aggregate(
     if kind == "label" and src.dtype.kind not in "ui":
         raise PlanError(src.path, f"label image pixels are {src.dtype}, not integers")
     origin = origin_um or src.info.origin
-    return AggregatePlan(src, out, fmt, voxel.zyx_um, name or stem, kind, opened, origin, voxel)
+    return AggregatePlan(src, out, fmt, voxel, name or stem, kind, opened, origin)
 
 
 def aggregate(
@@ -220,7 +222,7 @@ def aggregate(
                 zres = write_ome_zarr(
                     partial,
                     plan.source,
-                    physical_size_zyx_um=zarr_zyx(plan.voxel_um),
+                    physical_size_zyx_um=plan.voxel.for_zarr,
                     name=plan.name,
                     kind="label" if plan.kind == "label" else "intensity",
                     version=str(ngff_version),

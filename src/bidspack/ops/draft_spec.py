@@ -564,7 +564,7 @@ def _container_entries(path: Path, folder: str) -> list[_Entry]:
             return [_Entry(folder, kind="container", problem=exc.message)]
     n_channels = int(getattr(src, "n_channels", 1) or 1) if needs_select else 1
     n_times = int(getattr(src, "n_times", 1) or 1) if needs_select else 1
-    names = [str(n) for n in getattr(src, "channel_names", ())]
+    names = [str(n) for n in src.channel_names]
     unique_names = all(names) and len(set(names)) == len(names) == n_channels
     out: list[_Entry] = []
     for c in range(n_channels):

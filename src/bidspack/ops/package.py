@@ -287,16 +287,30 @@ def _voxel_size(
     return voxel
 
 
-def _split_variants(submission: Path, reader: str, files: list[str], ch: Channel) -> list[Channel]:
-    """The spec entry *ch*, or with ``split``, one entry per channel and/or time point
-    of its vendor or container file: ``select`` gains the index, ``entities`` the
-    ``stain`` (the channel name made a BIDS label; ``c<index>`` for every channel when
-    a name is missing or two collide) and the ``run`` (time index + 1).
+def _split_variants(
+    spec: PackagingSpec, submission: Path, reader: str, files: list[str], ch: Channel
+) -> list[Channel]:
+    """The spec entry *ch* as the images it makes: itself; with ``whole``, itself with
+    ``select["whole"]`` (every channel and time point in one image); with ``split``,
+    one entry per channel and/or time point of its vendor or container file:
+    ``select`` gains the index, ``entities`` the ``stain`` (the channel name made a
+    BIDS label; ``c<index>`` for every channel when a name is missing or two collide)
+    and the ``run`` (time index + 1).
 
     Raises:
         PlanError: ``split`` on a slice folder or a TIFF stack.
+        SpecError: ``whole`` with OME-Zarr output.
         SourceError: the file cannot be read.
     """
+    if ch.whole:
+        if "ome-zarr" in spec.output["formats"]:
+            raise SpecError(
+                spec.source,
+                f"{files[0]}: whole (C and T axes) is written as OME-TIFF only",
+                location=f"channels[{ch.index}].whole",
+                hint='[output] formats = ["ome-tiff"], or split = ["channel", "time"] for OME-Zarr',
+            )
+        return [replace(ch, select={**ch.select, "whole": True})]
     if not ch.split:
         return [ch]
     if reader != "file" or is_tiff(Path(files[0])):
@@ -305,7 +319,7 @@ def _split_variants(submission: Path, reader: str, files: list[str], ch: Channel
             "split is for vendor and container files holding several channels or time points",
         )
     src = open_planned(submission, reader, files, ch.select)
-    names = [re.sub(r"[^A-Za-z0-9]", "", str(n or "")) for n in src_channel_names(src)]
+    names = [re.sub(r"[^A-Za-z0-9]", "", str(n or "")) for n in src.channel_names]
     if len(names) != src.n_channels or "" in names or len(set(names)) != len(names):
         names = [f"c{i}" for i in range(src.n_channels)]
     channels: list[int | None] = list(range(src.n_channels)) if "channel" in ch.split else [None]
@@ -322,17 +336,13 @@ def _split_variants(submission: Path, reader: str, files: list[str], ch: Channel
     return out
 
 
-def src_channel_names(src: ImageSource) -> list[str]:
-    """The channel names a vendor or container source reports (may be empty)."""
-    return [str(n) for n in (getattr(src, "channel_names", ()) or ())]
-
-
 def _file_metadata(
     spec: PackagingSpec, ch: Channel, src: ImageSource
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[dict[str, Any], list[str], dict[str, str]]:
     """Sidecar fields the source file carries (``src.instrument``, BIDS field names) for
-    this channel image, and a warning per field whose spec value differs (the spec
-    wins; the warning names both values)."""
+    this channel image, a warning per field whose spec value differs (the spec wins;
+    the warning names both values), and the origin (``"file"`` or ``"spec"``) of every
+    sidecar field besides ``PixelSize``, sorted by name."""
     found = dict(src.instrument)
     fields = {k: v for k, v in found.items() if k in SIDECAR_FROM_FILE and v not in (None, "")}
     given = {**spec.raw.get("sidecar", {}), **ch.sidecar}
@@ -341,7 +351,8 @@ def _file_metadata(
         for k, v in sorted(fields.items())
         if k in given and given[k] != v
     ]
-    return fields, warnings
+    origins = {k: "file" for k in fields} | {k: "spec" for k in given}
+    return fields, warnings, dict(sorted(origins.items()))
 
 
 def build_plan(
@@ -458,28 +469,18 @@ def build_plan(
                     raise PlanError(submission / rel, "no TIFF image in this channel folder")
                 reader = "file" if (submission / rel).is_file() else "folder"
                 try:
-                    variants = _split_variants(submission, reader, image_files, ch)
+                    variants = _split_variants(spec, submission, reader, image_files, ch)
                 except (SourceError, ResourceLimitError) as exc:
                     unreadable.append(exc)  # every unreadable image is named at once
                     continue
                 for ch in variants:  # one image per split channel/time point
-                    if ch.whole:
-                        if "ome-zarr" in out["formats"]:
-                            raise SpecError(
-                                spec.source,
-                                f"{rel}: whole (C and T axes) is written as OME-TIFF only",
-                                location=f"channels[{ch.index}].whole",
-                                hint='[output] formats = ["ome-tiff"], or split = '
-                                '["channel", "time"] for OME-Zarr',
-                            )
-                        ch = replace(ch, select={**ch.select, "whole": True})
                     try:
                         src = open_planned(submission, reader, image_files, ch.select)
                     except (SourceError, ResourceLimitError) as exc:
                         unreadable.append(exc)  # every unreadable image is named at once
                         continue
                     voxel = _voxel_size(spec, ch, src, rel, override_voxel_size)
-                    file_fields, meta_warnings = _file_metadata(spec, ch, src)
+                    file_fields, meta_warnings, origins = _file_metadata(spec, ch, src)
                     entities = {"subject": subj.label, "sample": subj.sample, **ch.entities}
                     if ch.type == "derivative" and ch.desc:
                         entities["description"] = ch.desc
@@ -492,8 +493,7 @@ def build_plan(
                     common: dict[str, Any] = {
                         "shape_zyx": list(src.shape),
                         "dtype": src.dtype.name,
-                        "voxel_size_zyx_um": list(voxel.zyx_um),
-                        "voxel_size_origin": dict(voxel.origin),
+                        **voxel.to_json(),  # sizes, their origins, any override
                         "image": ch.image,
                         "name": PurePosixPath(stem).name,
                         "channel_name": ch.entities.get("stain"),
@@ -501,15 +501,11 @@ def build_plan(
                     }
                     if ch.select:
                         common["select"] = dict(ch.select)
-                    if voxel.overridden:
-                        common["voxel_size_overridden"] = dict(voxel.overridden)
                     ome_meta = omexml_metadata(src.instrument)
                     if ome_meta:
                         common["instrument"] = ome_meta
-                    spec_fields = {**spec.raw.get("sidecar", {}), **ch.sidecar}
-                    origins = {k: "file" for k in file_fields} | {k: "spec" for k in spec_fields}
                     if origins:  # where every sidecar value beyond PixelSize comes from
-                        common["sidecar_origin"] = dict(sorted(origins.items()))
+                        common["sidecar_origin"] = origins
                     if meta_warnings:
                         common["metadata_warnings"] = meta_warnings
                     left_out = left_out_of(src, ch.split)
@@ -517,10 +513,10 @@ def build_plan(
                         common["left_out"] = list(left_out)
                     if ch.split:
                         common["split"] = {k: ch.select[k] for k in ch.split}
-                    tcz = getattr(src, "tcz", None)
+                    tcz = src.tcz
                     if tcz is not None:
                         common["tcz"] = list(tcz)
-                        common["channel_names"] = list(getattr(src, "channel_names", ()))
+                        common["channel_names"] = list(src.channel_names)
                     for fmt in out["formats"]:
                         if fmt == "ome-zarr":
                             target = stem + ".ome.zarr"
